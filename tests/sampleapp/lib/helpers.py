@@ -1,0 +1,1 @@
+"""Template helpers (``h``), kept so pluggables that add helpers find a module."""

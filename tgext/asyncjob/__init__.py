@@ -1,0 +1,91 @@
+"""tgext.asyncjob: background jobs for TurboGears2.
+
+Queue a call with :func:`asyncjob_perform`; it runs on a worker thread in its own
+SQLAlchemy session and transaction while the page polls :func:`asyncjob_get_progress`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .database import asyncjob_timed_query
+from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError, QueueFull,
+                     QueueStopped, TrackerUnavailable)
+from .job import JobError, JobState, JobStatus
+from .queue import JobQueue, running_job
+from .tgwiring import current_queue, plugme, start_async_worker, stop_all
+
+__all__ = [
+    'asyncjob_perform', 'asyncjob_set_progress', 'asyncjob_get_progress',
+    'asyncjob_running_uid', 'asyncjob_timed_query', 'asyncjob_get_status', 'asyncjob_wait',
+    'asyncjob_cancel', 'asyncjob_cancelled', 'start_async_worker', 'stop', 'plugme',
+    'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
+    'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
+]
+
+
+def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """Run ``callable(*args, **kwargs)`` in the background; return the job's id at once.
+
+    Works inside a request, inside a job, or anywhere once a worker is running.
+    Raises ``TypeError`` if ``callable`` is not callable.
+    """
+    if not hasattr(callable, '__call__'):
+        raise TypeError(f'asyncjob_perform needs a callable, got {type(callable).__name__}: '
+                        f'{callable!r}')
+    return current_queue().perform(callable, args, kwargs)
+
+
+def asyncjob_set_progress(value: int, data: Any = None) -> None:
+    """Inside a job: record its progress, an ``int``, and any ``data`` to show with it.
+
+    Raises :class:`NotInJobError` outside a job, ``TypeError`` for a non-int value or
+    data the tracker cannot store. A tracker outage is logged, never raised.
+    """
+    job = running_job()
+    if job is None:
+        raise NotInJobError('asyncjob_set_progress() called outside a job: it sets the '
+                            'progress of the job running in the current thread')
+    current_queue().set_progress(value, data)
+
+
+def asyncjob_get_progress(jobid: str) -> tuple[int, Any] | None:
+    """``(-1, None)`` while queued, ``(value, data)`` while running, ``None`` once
+    finished or unknown. Raises :class:`TrackerUnavailable` if the tracker is down."""
+    return current_queue().get_progress(jobid)
+
+
+def asyncjob_running_uid() -> str | None:
+    """The id of the job running in this thread, ``None`` outside a job."""
+    job = running_job()
+    return job.id if job is not None else None
+
+
+def asyncjob_get_status(jobid: str) -> JobStatus:
+    """The full :class:`JobStatus` of a job: state, progress, result or error, times."""
+    return current_queue().get_status(jobid)
+
+
+def asyncjob_wait(jobid: str, timeout: float | None = None) -> JobStatus:
+    """Block until the job has finished or ``timeout`` seconds passed; its status then."""
+    return current_queue().wait(jobid, timeout)
+
+
+def asyncjob_cancel(jobid: str) -> bool:
+    """Cancel a queued job (it will not run), or flag a running one (see
+    :func:`asyncjob_cancelled`). False if the job is not queued or running here."""
+    return current_queue().cancel(jobid)
+
+
+def asyncjob_cancelled() -> bool:
+    """Inside a job: True once someone asked to cancel it. Jobs that can stop early
+    check this between steps; cancelling a running job is cooperative."""
+    job = running_job()
+    if job is None:
+        raise NotInJobError('asyncjob_cancelled() called outside a job')
+    return job.cancelled
+
+
+def stop(timeout: float | None = None) -> list[str]:
+    """Stop the current application's queue, draining it for up to ``timeout`` seconds.
+    Returns the ids of jobs that did not run (each also logged at WARNING)."""
+    return current_queue().stop(timeout)

@@ -1,0 +1,29 @@
+"""Exceptions raised by tgext.asyncjob at the call site."""
+
+
+class AsyncJobError(RuntimeError):
+    """Base class of every error tgext.asyncjob raises on purpose."""
+
+
+class NoWorkerError(AsyncJobError):
+    """No job queue is running for the current application or process."""
+
+
+class NotInJobError(AsyncJobError):
+    """A job-only call (like ``asyncjob_set_progress``) was made outside a job."""
+
+
+class QueueFull(AsyncJobError):
+    """The bounded queue stayed full for longer than the enqueue timeout."""
+
+
+class QueueStopped(AsyncJobError):
+    """The queue was stopped: it accepts no more jobs."""
+
+
+class AlreadyStarted(AsyncJobError):
+    """A worker was already started for these application globals."""
+
+
+class TrackerUnavailable(AsyncJobError):
+    """The progress tracker's storage (e.g. Redis) cannot be reached."""

@@ -1,0 +1,278 @@
+"""The job queue: takes jobs, tracks them, hands them to the worker pool, and
+answers for their status. One ``JobQueue`` per application (``app_globals.asyncjob_queue``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdqueue
+import threading
+import time
+import weakref
+from typing import Any, Callable, Mapping
+
+from .errors import NotInJobError, QueueFull, QueueStopped, TrackerUnavailable
+from .hooks import Hooks
+from .job import Job, JobError, JobState, JobStatus
+from .trackers.base import as_store, check_progress_value
+
+log = logging.getLogger('tgext.asyncjob')
+
+_running = threading.local()
+
+
+def running_job() -> Job | None:
+    """The job the current thread is running, if any."""
+    return getattr(_running, 'job', None)
+
+
+def running_queue() -> JobQueue | None:
+    """The queue whose job the current thread is running, if any."""
+    return getattr(_running, 'queue', None)
+
+
+class JobQueue:
+    """Accepts jobs and runs them on a pool of ``workers`` threads.
+
+    ``max_queue`` bounds the number of waiting jobs (0: unbounded); when full,
+    :meth:`perform` waits up to ``put_timeout`` seconds, then raises :class:`QueueFull`.
+    ``attempts`` retries transactions that fail with a retryable conflict.
+    ``immediate`` runs each job synchronously, still in its own thread, session and
+    transaction (for tests). ``conf`` is the TurboGears configuration jobs run under.
+    """
+
+    def __init__(self, tracker: Any = None, *, workers: int = 1, max_queue: int = 0,
+                 put_timeout: float | None = 10.0, attempts: int = 1,
+                 immediate: bool = False, conf: Mapping[str, Any] | None = None,
+                 hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0):
+        if tracker is None:
+            from .trackers.memory import MemoryProgressTracker
+            tracker = MemoryProgressTracker()
+        if int(workers) < 1:
+            raise ValueError(f'workers must be at least 1, got {workers!r}')
+        if int(max_queue) < 0:
+            raise ValueError(f'max_queue must not be negative, got {max_queue!r}')
+        self.tracker = tracker
+        self.store = as_store(tracker)
+        self.workers = int(workers)
+        self.max_queue = int(max_queue)
+        self.put_timeout = put_timeout
+        self.attempts = max(int(attempts), 1)
+        self.immediate = bool(immediate)
+        self.conf = conf
+        self.hooks = Hooks(hooks)
+        self.stop_timeout = stop_timeout
+        self._jobs: dict[str, Job] = {}
+        self._stopped = False
+        self._tracker_down = False
+        self._finished = threading.Condition()
+        self._waiters = 0
+        self._channel = self._new_channel()
+        from .worker import WorkerPool
+        self.pool = WorkerPool(self, self.workers)
+        _QUEUES.add(self)
+
+    def _new_channel(self) -> Any:
+        # SimpleQueue is C code, several times cheaper than Queue, and needs no bound.
+        return stdqueue.Queue(self.max_queue) if self.max_queue else stdqueue.SimpleQueue()
+
+    # -- taking jobs ---------------------------------------------------------------
+
+    def perform(self, func: Callable[..., Any], args: tuple = (),
+                kwargs: dict[str, Any] | None = None) -> str:
+        """Queue ``func(*args, **kwargs)``; return its id once it is tracked."""
+        if not callable(func):
+            raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
+        if self._stopped:
+            raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
+        job = Job(func, args, kwargs or {})
+        self._guard(self.store.track, job.id,
+                    {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name})
+        self._jobs[job.id] = job
+        if self.hooks:
+            self.hooks.emit('enqueued', job)
+        if self.immediate:
+            self.pool.run_now(job)
+            return job.id
+        try:
+            self._channel.put(job, True, self.put_timeout)
+        except stdqueue.Full:
+            self._jobs.pop(job.id, None)
+            self._guard(self.store.remove, job.id)
+            raise QueueFull(f'the asyncjob queue stayed full ({self.max_queue} jobs) for '
+                            f'{self.put_timeout} s') from None
+        return job.id
+
+    def next_job(self) -> Job | None:
+        """Block until a job (or ``None``, the stop signal) is available. For workers."""
+        return self._channel.get()
+
+    # -- tracker access, shielded from outages ------------------------------------
+
+    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Tracker writes from the queue and workers: an outage is logged once, not raised."""
+        try:
+            result = call(*args)
+        except TrackerUnavailable as exc:
+            if not self._tracker_down:
+                self._tracker_down = True
+                log.warning('asyncjob tracker unavailable, jobs keep running untracked: %s', exc)
+            return None
+        if self._tracker_down:
+            self._tracker_down = False
+            log.warning('asyncjob tracker is reachable again')
+        return result
+
+    def set_progress(self, value: int, data: Any = None) -> None:
+        """Record the running job's progress (see ``asyncjob_set_progress``)."""
+        job = running_job()
+        if job is None:
+            raise NotInJobError('asyncjob_set_progress() called outside a job: it sets the '
+                                'progress of the job running in the current thread')
+        check_progress_value(value)
+        check = getattr(self.store, 'check_data', None)
+        if check is not None:
+            check(value, data)
+        self._guard(self.store.set_progress, job.id, value, data)
+        if self.hooks:
+            self.hooks.emit('progress', job, value, data)
+
+    def get_progress(self, jobid: str) -> tuple[int, Any] | None:
+        """The 0.3 answer for ``jobid``; raises :class:`TrackerUnavailable` in an outage."""
+        return self.store.get_progress(jobid)
+
+    def get_status(self, jobid: str) -> JobStatus:
+        """The full status of ``jobid``, ``NOT_FOUND`` if no tracker record exists."""
+        record = self.store.get_record(jobid) if isinstance(jobid, str) else None
+        if record is None:
+            return JobStatus(id=str(jobid), state=JobState.NOT_FOUND)
+        return JobStatus.from_record(jobid, record)
+
+    def recent(self, limit: int = 50) -> list[JobStatus]:
+        """Recent jobs, newest first, if the tracker can list them."""
+        if not getattr(self.store, 'supports_listing', False):
+            raise NotImplementedError(f'{type(self.tracker).__name__} cannot list jobs')
+        return [JobStatus.from_record(i, r) for i, r in self.store.recent(limit)]
+
+    # -- job lifecycle, called by workers ----------------------------------------
+
+    def started(self, job: Job) -> None:
+        """Mark ``job`` running."""
+        job.attempt += 1
+        job.started_at = time.time()
+        self._guard(self.store.update, job.id,
+                    {'state': 'running', 'started_at': job.started_at, 'attempt': job.attempt})
+        if self.hooks:
+            self.hooks.emit('started', job)
+
+    def finished(self, job: Job, state: JobState, result: Any = None,
+                 error: JobError | None = None, detail: str = '') -> None:
+        """Record the final state (after the commit or abort) and wake waiters."""
+        fields: dict[str, Any] = {'state': state.value, 'finished_at': time.time()}
+        if result is not None:
+            fields['result'] = result
+        if error is not None:
+            fields['error'] = {'type': error.type, 'message': error.message,
+                               'traceback': error.traceback}
+        if detail:
+            fields['detail'] = detail
+        try:
+            self._guard(self.store.finish, job.id, fields)
+        except TypeError:
+            fields['result'] = repr(result)
+            fields['detail'] = 'the tracker could not store the result: kept its repr()'
+            self._guard(self.store.finish, job.id, fields)
+        self._jobs.pop(job.id, None)
+        if self.hooks:
+            if state is JobState.SUCCEEDED:
+                self.hooks.emit('succeeded', job, result)
+            elif state is JobState.FAILED:
+                self.hooks.emit('failed', job, error)
+            else:
+                self.hooks.emit('cancelled', job)
+        if self._waiters:
+            with self._finished:
+                self._finished.notify_all()
+
+    # -- waiting, cancelling, stopping -------------------------------------------
+
+    def wait(self, jobid: str, timeout: float | None = None, poll: float = 0.1) -> JobStatus:
+        """Block until ``jobid`` is finished (or unknown), or ``timeout`` passes;
+        return its status then. Jobs of other processes are polled every ``poll`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.get_status(jobid)
+            if status.finished or status.state in (JobState.NOT_FOUND, JobState.UNKNOWN):
+                return status
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return status
+            with self._finished:
+                self._waiters += 1
+                try:
+                    self._finished.wait(poll if remaining is None else min(poll, remaining))
+                finally:
+                    self._waiters -= 1
+
+    def cancel(self, jobid: str) -> bool:
+        """Cancel a job of this process. A queued job will not run (state cancelled);
+        a running one only gets its flag set, which it may check with
+        ``asyncjob_cancelled()``. Returns False if the job is not queued or running here."""
+        job = self._jobs.get(jobid)
+        if job is None:
+            return False
+        job.cancelled = True
+        if job.started_at is None:
+            self.finished(job, JobState.CANCELLED, detail='cancelled before it started')
+        return True
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopped
+
+    def stop(self, timeout: float | None = None) -> list[str]:
+        """Stop taking jobs, run what is queued for up to ``timeout`` seconds, and
+        report the rest: each job that did not run is logged at WARNING and marked
+        cancelled. Returns the ids of the jobs that did not run."""
+        if timeout is None:
+            timeout = self.stop_timeout
+        self._stopped = True
+        return self.pool.stop(timeout)
+
+    def report_unrun(self, job: Job, why: str) -> None:
+        """Log and mark a job that will never run."""
+        log.warning('asyncjob %s (%s) did not run: %s', job.id, job.func_name, why)
+        self.finished(job, JobState.CANCELLED, detail=f'not run: {why}')
+
+    def _after_fork(self) -> None:
+        # The child must not run the parent's queued jobs (the parent does): start empty.
+        self._jobs = {}
+        self._finished = threading.Condition()
+        self._waiters = 0
+        self._channel = self._new_channel()
+        self.pool.after_fork()
+
+
+_QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for q in list(_QUEUES):
+        q._after_fork()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+def enter_job(q: JobQueue, job: Job) -> None:
+    """Make ``job`` the current thread's running job (for progress calls)."""
+    _running.job = job
+    _running.queue = q
+
+
+def leave_job() -> None:
+    """The current thread no longer runs a job."""
+    _running.job = None
+    _running.queue = None

@@ -1,0 +1,193 @@
+"""TurboGears wiring: starting a queue for an application and finding it again.
+
+``plug(base_config, 'tgext.asyncjob')`` registers :class:`AsyncJobConfigurationComponent`
+on that configurator, so each application it builds starts its own queue when its
+environment is loaded (TG's milestones are process-wide and fire once; a component's
+actions run for every application). ``start_async_worker`` is the 0.3 entry point.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+from typing import Any, Mapping
+
+from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfigurationAction
+from tg.request_local import config as tg_config
+from tg.request_local import context as tg_context
+from tg.support.converters import asbool, asint
+
+from .errors import AlreadyStarted, AsyncJobError, NoWorkerError
+from .queue import _QUEUES, JobQueue, running_queue
+
+log = logging.getLogger('tgext.asyncjob')
+
+#: ``asyncjob.*`` configuration keys (.ini or blueprint) and how to read them.
+SETTINGS = {
+    'workers': asint,
+    'max_queue': asint,
+    'put_timeout': float,
+    'attempts': asint,
+    'immediate': asbool,
+    'stop_timeout': float,
+}
+
+_default_queue: JobQueue | None = None
+
+
+def _current_conf() -> Mapping[str, Any] | None:
+    try:
+        return tg_config._current_obj()
+    except (AttributeError, TypeError):
+        return None
+
+
+def _settings(conf: Mapping[str, Any] | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """``asyncjob.*`` keys from the configuration, overridden by explicit arguments."""
+    settings: dict[str, Any] = {}
+    for name, coerce in SETTINGS.items():
+        value = explicit.pop(name, None)
+        if value is None and conf is not None:
+            value = conf.get(f'asyncjob.{name}')
+        if value is not None:
+            settings[name] = coerce(value)
+    if explicit:
+        raise TypeError(f'unknown start_async_worker option(s): {", ".join(sorted(explicit))}')
+    return settings
+
+
+def tracker_from_setting(value: Any) -> Any:
+    """A tracker from ``asyncjob.tracker`` in an .ini: ``memory`` or a ``redis://`` URL."""
+    if value is None or not isinstance(value, str):
+        return value
+    if value == 'memory':
+        from .trackers.memory import MemoryProgressTracker
+        return MemoryProgressTracker()
+    if value.startswith(('redis://', 'rediss://', 'unix://')):
+        from .trackers.redisdb import RedisProgressTracker
+        return RedisProgressTracker(url=value)
+    raise ValueError(f'asyncjob.tracker must be "memory" or a redis:// URL, got {value!r}')
+
+
+def _globals_of_caller(frame: Any) -> Any:
+    # The 0.3 promise: called bare inside Globals.__init__, use that `self`. On TG 2.5
+    # the globals object is not in the configuration until __init__ returns.
+    return frame.f_locals.get('self') if frame is not None else None
+
+
+def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
+                       hooks: list[Any] | tuple[Any, ...] = (), **options: Any) -> JobQueue:
+    """Start a job queue and its worker threads for an application.
+
+    ``app_globals`` is where the queue is kept (``app_globals.asyncjob_queue``); left out,
+    it is the current application's globals, or the ``Globals`` instance whose
+    ``__init__`` is calling. ``progress_tracker`` defaults to a
+    :class:`~tgext.asyncjob.trackers.memory.MemoryProgressTracker`. Options
+    (``workers``, ``max_queue``, ``put_timeout``, ``attempts``, ``immediate``,
+    ``stop_timeout``) override the ``asyncjob.*`` configuration keys.
+
+    Raises :class:`AlreadyStarted` if these globals already have a running queue.
+    """
+    global _default_queue
+    conf = options.pop('conf', None) or _current_conf()
+    if app_globals is None:
+        app_globals = conf.get('tg.app_globals') if conf is not None else None
+        if app_globals is None:
+            app_globals = _globals_of_caller(sys._getframe(1))
+        if app_globals is None:
+            raise AsyncJobError('start_async_worker() cannot find the application globals: '
+                                'pass them, e.g. start_async_worker(self) in Globals.__init__')
+    existing = getattr(app_globals, 'asyncjob_queue', None)
+    if isinstance(existing, JobQueue) and not existing.stopped:
+        raise AlreadyStarted('an asyncjob worker is already running for these app_globals; '
+                             'stop() it first, or plug tgext.asyncjob only once')
+    if progress_tracker is None and conf is not None:
+        progress_tracker = tracker_from_setting(conf.get('asyncjob.tracker'))
+    owned_conf = conf if conf is not None and conf.get('package') is not None else None
+    q = JobQueue(progress_tracker, conf=owned_conf, hooks=hooks, **_settings(conf, options))
+    app_globals.asyncjob_queue = q
+    q.pool.start()
+    _default_queue = q
+    log.info('tgext.asyncjob: %d worker thread(s) started', q.workers)
+    return q
+
+
+def current_queue() -> JobQueue:
+    """The queue for the caller: the running job's, else the current request's or
+    application's, else the last one started in this process."""
+    q = running_queue()
+    if q is not None:
+        return q
+    try:
+        g = tg_context._current_obj().app_globals
+    except (TypeError, AttributeError):
+        conf = _current_conf()
+        g = conf.get('tg.app_globals') if conf is not None else None
+    q = getattr(g, 'asyncjob_queue', None)
+    if q is not None:
+        return q
+    if _default_queue is not None and not _default_queue.stopped:
+        return _default_queue
+    raise NoWorkerError('no asyncjob worker is running: plug tgext.asyncjob or call '
+                        'start_async_worker() first')
+
+
+class AsyncJobConfigurationComponent(ConfigurationComponent):
+    """Starts one queue per application when its environment is loaded."""
+
+    id = 'asyncjob'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plug_options: dict[str, Any] = {}
+
+    def get_defaults(self) -> dict[str, Any]:
+        return {'asyncjob.enabled': True}
+
+    def get_coercion(self) -> dict[str, Any]:
+        coercion: dict[str, Any] = {f'asyncjob.{k}': v for k, v in SETTINGS.items()}
+        coercion['asyncjob.enabled'] = asbool
+        return coercion
+
+    def get_actions(self) -> tuple[Any, ...]:
+        return (EnvironmentLoadedConfigurationAction(self._start),)
+
+    def _start(self, conf: Any, app: Any) -> None:
+        if not conf.get('asyncjob.enabled', True):
+            return
+        options = dict(self.plug_options)
+        given = options.pop('app_globals', None)
+        app_globals = conf['tg.app_globals']
+        tracker = options.pop('progress_tracker', None)
+        hooks = options.pop('hooks', ())
+        q = start_async_worker(app_globals, tracker, hooks=hooks, conf=conf,
+                               **{k: options[k] for k in SETTINGS if options.get(k) is not None})
+        if given is not None and given is not app_globals:
+            # 0.3 let plug() name the globals object that holds the queue.
+            given.asyncjob_queue = q
+
+
+def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
+    """tgext.pluggable entry point: ``plug(base_config, 'tgext.asyncjob', **options)``.
+
+    Options: ``app_globals``, ``progress_tracker``, ``hooks`` and the settings of
+    :func:`start_async_worker`.
+    """
+    options = dict(options or {})
+    options.pop('appid', None)
+    try:
+        configurator.register(AsyncJobConfigurationComponent)
+    except KeyError:
+        pass  # plugged again into the same configurator: options below replace
+    configurator.get_component('asyncjob').plug_options = options
+    return {'appid': 'tgext.asyncjob'}
+
+
+def stop_all(timeout: float | None = None) -> None:
+    """Stop every running queue of this process (also run at interpreter exit)."""
+    for q in list(_QUEUES):
+        if not q.stopped:
+            q.stop(timeout)
+
+
+atexit.register(stop_all)

@@ -1,0 +1,177 @@
+"""Keeps job records in Redis, so every process of an application sees them.
+
+Each job is one hash, ``<prefix>job:<id>``, refreshed to expire on every write; a
+sorted set ``<prefix>recent`` indexes jobs by enqueue time for listing. Every call is
+one round trip (commands are pipelined). Ids that are not ours are never looked up,
+so an id taken from a URL cannot read any other key.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import redis
+
+from ..errors import TrackerUnavailable
+from .base import ProgressTracker, check_progress_value, progress_from_record
+
+_JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
+_JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f'RedisProgressTracker stores {what} as JSON: {exc}') from None
+
+
+class RedisProgressTracker(ProgressTracker):
+    """Job records in Redis.
+
+    Connect with ``host``/``port``/``db`` (0.3's arguments), a ``url``, or an existing
+    ``client``. ``timeout`` is how long a queued or running job's key lives without a
+    write; ``retention`` how long a finished job is kept. Progress data is JSON, at most
+    ``max_data_bytes`` once encoded.
+    """
+
+    supports_listing = True
+
+    def __init__(self, host: str = 'localhost', port: int = 6379, db: int = 15,
+                 timeout: int = 3600, *, url: str | None = None,
+                 client: redis.Redis | None = None, retention: int | None = None,
+                 prefix: str = 'asyncjob:', max_data_bytes: int = 65536,
+                 socket_timeout: float = 5.0):
+        if client is None:
+            options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+            client = (redis.Redis.from_url(url, **options) if url
+                      else redis.Redis(host=host, port=port, db=db, **options))
+        self.redis = client
+        self.timeout = int(timeout)
+        self.retention = int(retention if retention is not None else timeout)
+        self.prefix = prefix
+        self.max_data_bytes = int(max_data_bytes)
+        self._recent = f'{prefix}recent'
+
+    def _key(self, entryid: str) -> str | None:
+        if not isinstance(entryid, str) or not _JOB_ID.match(entryid):
+            return None
+        return f'{self.prefix}job:{entryid}'
+
+    def _write(self, key: str, mapping: dict[str, str], ttl: int, *extra: Any) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl)
+        for command in extra:
+            command(pipe)
+        self._execute(pipe)
+
+    @staticmethod
+    def _execute(call: Any) -> Any:
+        try:
+            return call.execute() if hasattr(call, 'execute') else call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TrackerUnavailable(f'Redis is unreachable: {exc}') from exc
+
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> dict[str, str]:
+        return {k: (_dumps(v, k) if k in _JSON_FIELDS else repr(v) if isinstance(v, float) else str(v))
+                for k, v in fields.items() if v is not None}
+
+    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
+        """Store a queued job's record and index it by enqueue time."""
+        key = self._require_key(entryid)
+        record = record or {'state': 'queued'}
+        score = record.get('enqueued_at') or time.time()
+        self._write(key, self._encode(record), self.timeout,
+                    lambda pipe: pipe.zadd(self._recent, {entryid: score}))
+
+    def _require_key(self, entryid: str) -> str:
+        key = self._key(entryid)
+        if key is None:
+            raise ValueError(f'not a tgext.asyncjob job id: {entryid!r}')
+        return key
+
+    def remove(self, entryid: str) -> None:
+        """Forget a job."""
+        key = self._key(entryid)
+        if key is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(key)
+            pipe.zrem(self._recent, entryid)
+            self._execute(pipe)
+
+    def check_data(self, value: int, message: Any) -> str:
+        """Encode progress, raising ``TypeError``/``ValueError`` for what Redis cannot hold."""
+        check_progress_value(value)
+        encoded = _dumps(message, 'progress data')
+        if len(encoded.encode()) > self.max_data_bytes:
+            raise ValueError(f'progress data is {len(encoded.encode())} bytes once encoded as '
+                             f'JSON; RedisProgressTracker accepts at most {self.max_data_bytes}')
+        return encoded
+
+    def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        """Store progress (one round trip); the key's expiry is refreshed."""
+        encoded = self.check_data(value, message)
+        key = self._require_key(entryid)
+        self._write(key, {'state': 'running', 'progress': str(value), 'data': encoded},
+                    self.timeout)
+
+    def update(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Merge fields into a live job's record."""
+        self._write(self._require_key(entryid), self._encode(fields), self.timeout)
+
+    def finish(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Store the final state for ``retention`` seconds; drop index entries past it."""
+        cutoff = time.time() - self.retention
+        self._write(self._require_key(entryid), self._encode(fields), self.retention,
+                    lambda pipe: pipe.zremrangebyscore(self._recent, '-inf', cutoff))
+
+    def get_record(self, entryid: str) -> dict[str, Any] | None:
+        """The job's record, or ``None`` if unknown, expired, or not one of our ids."""
+        key = self._key(entryid)
+        if key is None:
+            return None
+        raw = self._execute(lambda: self.redis.hgetall(key))
+        return self._decode(raw) if raw else None
+
+    @staticmethod
+    def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for k, v in raw.items():
+            name, text = k.decode(), v.decode()
+            if name in _JSON_FIELDS:
+                record[name] = json.loads(text)
+            elif name in ('progress', 'attempt'):
+                record[name] = int(text)
+            elif name.endswith('_at'):
+                record[name] = float(text)
+            else:
+                record[name] = text
+        return record
+
+    def get_progress(self, entryid: str) -> tuple[int, Any] | None:
+        """The 0.3 answer, read in one round trip."""
+        key = self._key(entryid)
+        if key is None:
+            return None
+        state, progress, data = self._execute(
+            lambda: self.redis.hmget(key, 'state', 'progress', 'data'))
+        if state is None:
+            return None
+        return progress_from_record({
+            'state': state.decode(),
+            'progress': int(progress) if progress is not None else 0,
+            'data': json.loads(data.decode()) if data is not None else None,
+        })
+
+    def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """Newest first; two round trips whatever the limit."""
+        ids = [i.decode() for i in self._execute(
+            lambda: self.redis.zrevrange(self._recent, 0, max(limit, 1) - 1))]
+        pipe = self.redis.pipeline(transaction=False)
+        for entryid in ids:
+            pipe.hgetall(f'{self.prefix}job:{entryid}')
+        return [(i, self._decode(raw)) for i, raw in zip(ids, self._execute(pipe)) if raw]

@@ -1,0 +1,182 @@
+"""The worker pool: threads that take jobs from a queue and run each in its own
+transaction. A job can raise anything, ``SystemExit`` included, and the thread goes on;
+if a thread dies anyway, the watchdog replaces it and fails the job it held.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .database import remove_session, run_in_transaction
+from .job import Job, JobError, JobState
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+log = logging.getLogger('tgext.asyncjob')
+
+
+def run_job(q: JobQueue, job: Job) -> None:
+    """Run one job to its end and record how it ended. Never raises."""
+    from .queue import enter_job, leave_job
+    if job.cancelled:
+        return
+    q.started(job)
+    enter_job(q, job)
+    try:
+        result = run_in_transaction(functools.partial(job.func, *job.args, **job.kwargs),
+                                    q.attempts)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the worker
+        log.error('asyncjob %s (%s) failed, its transaction was aborted',
+                  job.id, job.func_name, exc_info=True)
+        leave_job()
+        q.finished(job, JobState.FAILED, error=JobError.from_exception(exc))
+    else:
+        leave_job()
+        q.finished(job, JobState.SUCCEEDED, result=result)
+    finally:
+        try:
+            remove_session(q.conf.get('DBSession') if q.conf is not None else None)
+        except Exception:
+            log.exception('asyncjob %s: removing the SQLAlchemy session failed', job.id)
+
+
+class WorkerThread(threading.Thread):
+    """One worker. ``current`` is the job it holds, for the watchdog."""
+
+    def __init__(self, pool: WorkerPool, index: int):
+        super().__init__(name=f'asyncjob-worker-{index}', daemon=True)
+        self.pool = pool
+        self.current: Job | None = None
+
+    def run(self) -> None:
+        q = self.pool.queue
+        conf = q.conf
+        if conf is not None:
+            # tg.config inside a job is the job's own app, even with several apps per process.
+            from tg.request_local import config as tg_config
+            tg_config.push_thread_config(conf)
+        while True:
+            job = q.next_job()
+            if job is None:
+                return
+            self.current = job
+            if job.cancelled:
+                pass
+            elif self.pool.discarding:
+                q.report_unrun(job, 'the queue was stopped before it started')
+            else:
+                run_job(q, job)
+            self.current = None
+
+
+class WorkerPool:
+    """``size`` worker threads for one queue, started on first use of :meth:`start`."""
+
+    def __init__(self, queue: JobQueue, size: int):
+        self.queue = queue
+        self.size = size
+        self.threads: list[WorkerThread] = []
+        self.discarding = False
+        self._started = False
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+        self._watch = threading.Event()
+        self.watch_interval = 1.0
+
+    def start(self) -> None:
+        """Start the threads and the watchdog (idempotent)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self.threads = [self._spawn(i) for i in range(self.size)]
+            self._watch = threading.Event()
+            self._watchdog = threading.Thread(target=self._watchdog_loop, daemon=True,
+                                              name='asyncjob-watchdog')
+            self._watchdog.start()
+
+    def _spawn(self, index: int) -> WorkerThread:
+        thread = WorkerThread(self, index)
+        thread.start()
+        return thread
+
+    def check_threads(self) -> int:
+        """Replace dead worker threads; fail the job each held. Returns how many."""
+        if self.queue.stopped:
+            return 0
+        replaced = 0
+        with self._lock:
+            for index, thread in enumerate(self.threads):
+                if thread.is_alive():
+                    continue
+                job = thread.current
+                log.error('asyncjob worker thread %s died; replacing it', thread.name)
+                if job is not None:
+                    self.queue.finished(job, JobState.FAILED, error=JobError(
+                        'WorkerDied', f'worker thread {thread.name} died while running the job'))
+                self.threads[index] = self._spawn(index)
+                replaced += 1
+        return replaced
+
+    def _watchdog_loop(self) -> None:
+        while not self._watch.wait(self.watch_interval):
+            try:
+                self.check_threads()
+            except Exception:
+                log.exception('asyncjob watchdog failed')
+
+    def run_now(self, job: Job) -> None:
+        """Immediate mode: run ``job`` in a fresh thread (its own session and
+        transaction, as in a worker) and wait for it."""
+        thread = threading.Thread(target=self._run_immediate, args=(job,),
+                                  name='asyncjob-immediate', daemon=True)
+        thread.start()
+        thread.join()
+
+    def _run_immediate(self, job: Job) -> None:
+        conf = self.queue.conf
+        if conf is not None:
+            from tg.request_local import config as tg_config
+            tg_config.push_thread_config(conf)
+        run_job(self.queue, job)
+
+    def stop(self, timeout: float) -> list[str]:
+        """Let the threads drain the queue until ``timeout``; report what is left."""
+        deadline = time.monotonic() + max(timeout, 0)
+        self._watch.set()
+        for _ in self.threads:
+            try:
+                self.queue._channel.put(None, True, max(deadline - time.monotonic(), 0))
+            except Exception:  # queue.Full: workers still busy; they will see `discarding`
+                break
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        self.discarding = True
+        unrun: list[str] = []
+        channel = self.queue._channel
+        while True:
+            try:
+                job = channel.get_nowait()
+            except Exception:  # queue.Empty
+                break
+            if job is not None and not job.cancelled:
+                self.queue.report_unrun(job, 'the queue was stopped before it started')
+                unrun.append(job.id)
+        for thread in self.threads:
+            if thread.is_alive() and thread.current is not None:
+                log.warning('asyncjob %s (%s) still running at stop; left to finish',
+                            thread.current.id, thread.current.func_name)
+        return unrun
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads are gone; start fresh ones if the
+        parent had started any."""
+        self._lock = threading.Lock()
+        was_started, self._started = self._started, False
+        self.threads = []
+        if was_started and not self.queue.stopped:
+            self.start()
