@@ -284,6 +284,9 @@ def main():
         rc = cfg["redis"]
         redis.Redis(host=rc["host"], port=rc["port"], db=rc["db"]).flushdb()
     metrics, checks = (pool if cfg["mode"] == "pool" else core)(a, cfg)
+    mod = sys.modules.get("tgext.asyncjob")
+    if mod is not None:  # which tgext.asyncjob this row really ran
+        checks["tgext.asyncjob"] = os.path.relpath(mod.__file__, os.path.dirname(os.path.dirname(__file__)))
     sys.stdout.write("\n" + json.dumps({"metrics": metrics, "checks": checks}) + "\n")
     sys.stdout.flush()
     os._exit(0)  # don't wait on daemon worker threads of rows without stop()

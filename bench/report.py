@@ -228,6 +228,11 @@ def render(results, facts, settings, cmd):
       % (p["tgext.asyncjob"], facts["git"], p["TurboGears2"], p["transaction"], p["redis"], p["rq"]))
     w("- original venv: tgext.asyncjob %s (sdist from the package index), TurboGears2 %s, transaction %s, redis-py %s"
       % (po["tgext.asyncjob"], po["TurboGears2"], po["transaction"], po["redis"]))
+    mods = sorted({"%s → `%s`" % (row.split("-")[0], r["checks"]["tgext.asyncjob"])
+                   for rnd in results["core"] for row, r in rnd.items()
+                   if "tgext.asyncjob" in r.get("checks", {})})
+    if mods:
+        w("- tgext.asyncjob module actually imported: %s" % "; ".join(mods))
     w("- Redis server %s" % facts["redis_server"])
     w("- load average at start / end: %s / %s (other work on the machine adds noise; see the spreads)"
       % (" ".join(facts["loadavg_start"]), " ".join(facts["loadavg_end"])))

@@ -46,7 +46,8 @@ def _version(dist, python=sys.executable):
             "try: print(m.version(sys.argv[1]))\n"
             "except m.PackageNotFoundError: print('-')")
     try:
-        return subprocess.run([python, "-c", code, dist], capture_output=True,
+        # cwd=/ : with -c the cwd is on sys.path, and the repo root holds tgext/
+        return subprocess.run([python, "-c", code, dist], capture_output=True, cwd="/",
                               text=True, timeout=60).stdout.strip() or "-"
     except OSError:
         return "-"
@@ -101,7 +102,7 @@ def run_one(row, cfg):
     t0 = time.perf_counter()
     try:
         p = subprocess.run([py, os.path.join(HERE, "harness.py"), json.dumps(cfg)],
-                           capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+                           capture_output=True, text=True, timeout=240, cwd=HERE, env=env)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
         res = json.loads(lines[-1]) if lines else {"error": "no output: " + p.stderr[-800:]}
         if "error" in res and not res.get("unavailable"):

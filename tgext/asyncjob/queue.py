@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue as stdqueue
 import threading
 import time
 import weakref
@@ -39,12 +38,15 @@ class JobQueue:
     ``attempts`` retries transactions that fail with a retryable conflict.
     ``immediate`` runs each job synchronously, still in its own thread, session and
     transaction (for tests). ``conf`` is the TurboGears configuration jobs run under.
+    ``backend`` runs the jobs: by default a :class:`~tgext.asyncjob.worker.WorkerPool`
+    of threads in this process.
     """
 
     def __init__(self, tracker: Any = None, *, workers: int = 1, max_queue: int = 0,
                  put_timeout: float | None = 10.0, attempts: int = 1,
                  immediate: bool = False, conf: Mapping[str, Any] | None = None,
-                 hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0):
+                 hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0,
+                 backend: Any = None, backend_options: dict[str, Any] | None = None):
         if tracker is None:
             from .trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
@@ -67,14 +69,20 @@ class JobQueue:
         self._tracker_down = False
         self._finished = threading.Condition()
         self._waiters = 0
-        self._channel = self._new_channel()
-        from .worker import WorkerPool
-        self.pool = WorkerPool(self, self.workers)
+        self.backend = self._make_backend(backend, backend_options or {})
         _QUEUES.add(self)
 
-    def _new_channel(self) -> Any:
-        # SimpleQueue is C code, several times cheaper than Queue, and needs no bound.
-        return stdqueue.Queue(self.max_queue) if self.max_queue else stdqueue.SimpleQueue()
+    def _make_backend(self, backend: Any, options: dict[str, Any]) -> Any:
+        if backend in (None, 'threads'):
+            from .worker import WorkerPool
+            return WorkerPool(self, self.workers, self.max_queue, self.put_timeout)
+        if backend == 'rq':
+            from .backends.rq import RQBackend
+            return RQBackend(self, **options)
+        if callable(backend):
+            return backend(self, **options)
+        raise ValueError(f'unknown asyncjob backend {backend!r}: use "threads", "rq", '
+                         'or a factory taking the JobQueue')
 
     # -- taking jobs ---------------------------------------------------------------
 
@@ -88,24 +96,18 @@ class JobQueue:
         job = Job(func, args, kwargs or {})
         self._guard(self.store.track, job.id,
                     {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name})
-        self._jobs[job.id] = job
         if self.hooks:
             self.hooks.emit('enqueued', job)
-        if self.immediate:
-            self.pool.run_now(job)
-            return job.id
         try:
-            self._channel.put(job, True, self.put_timeout)
-        except stdqueue.Full:
+            if self.immediate:
+                self.backend.run_now(job)
+            else:
+                self.backend.enqueue(job)
+        except QueueFull:
             self._jobs.pop(job.id, None)
             self._guard(self.store.remove, job.id)
-            raise QueueFull(f'the asyncjob queue stayed full ({self.max_queue} jobs) for '
-                            f'{self.put_timeout} s') from None
+            raise
         return job.id
-
-    def next_job(self) -> Job | None:
-        """Block until a job (or ``None``, the stop signal) is available. For workers."""
-        return self._channel.get()
 
     # -- tracker access, shielded from outages ------------------------------------
 
@@ -220,7 +222,8 @@ class JobQueue:
         ``asyncjob_cancelled()``. Returns False if the job is not queued or running here."""
         job = self._jobs.get(jobid)
         if job is None:
-            return False
+            backend_cancel = getattr(self.backend, 'cancel', None)
+            return bool(backend_cancel(jobid)) if backend_cancel is not None else False
         job.cancelled = True
         if job.started_at is None:
             self.finished(job, JobState.CANCELLED, detail='cancelled before it started')
@@ -238,7 +241,11 @@ class JobQueue:
         if timeout is None:
             timeout = self.stop_timeout
         self._stopped = True
-        return self.pool.stop(timeout)
+        return self.backend.stop(timeout)
+
+    def hold(self, job: Job) -> None:
+        """Remember a job this process will run, so it can be cancelled. For backends."""
+        self._jobs[job.id] = job
 
     def report_unrun(self, job: Job, why: str) -> None:
         """Log and mark a job that will never run."""
@@ -250,8 +257,7 @@ class JobQueue:
         self._jobs = {}
         self._finished = threading.Condition()
         self._waiters = 0
-        self._channel = self._new_channel()
-        self.pool.after_fork()
+        self.backend.after_fork()
 
 
 _QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()

@@ -30,6 +30,7 @@ SETTINGS = {
     'attempts': asint,
     'immediate': asbool,
     'stop_timeout': float,
+    'backend': str,
 }
 
 _default_queue: JobQueue | None = None
@@ -75,8 +76,16 @@ def _globals_of_caller(frame: Any) -> Any:
     return frame.f_locals.get('self') if frame is not None else None
 
 
+def _backend_options(conf: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``asyncjob.backend.<name> = value`` keys, as keyword arguments for the backend."""
+    prefix = 'asyncjob.backend.'
+    return {k[len(prefix):]: v for k, v in (conf or {}).items() if k.startswith(prefix)}
+
+
 def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
-                       hooks: list[Any] | tuple[Any, ...] = (), **options: Any) -> JobQueue:
+                       hooks: list[Any] | tuple[Any, ...] = (),
+                       backend_options: dict[str, Any] | None = None,
+                       **options: Any) -> JobQueue:
     """Start a job queue and its worker threads for an application.
 
     ``app_globals`` is where the queue is kept (``app_globals.asyncjob_queue``); left out,
@@ -84,7 +93,8 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
     ``__init__`` is calling. ``progress_tracker`` defaults to a
     :class:`~tgext.asyncjob.trackers.memory.MemoryProgressTracker`. Options
     (``workers``, ``max_queue``, ``put_timeout``, ``attempts``, ``immediate``,
-    ``stop_timeout``) override the ``asyncjob.*`` configuration keys.
+    ``stop_timeout``, ``backend``) override the ``asyncjob.*`` configuration keys;
+    ``backend_options`` override ``asyncjob.backend.*`` keys.
 
     Raises :class:`AlreadyStarted` if these globals already have a running queue.
     """
@@ -104,9 +114,11 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
     if progress_tracker is None and conf is not None:
         progress_tracker = tracker_from_setting(conf.get('asyncjob.tracker'))
     owned_conf = conf if conf is not None and conf.get('package') is not None else None
-    q = JobQueue(progress_tracker, conf=owned_conf, hooks=hooks, **_settings(conf, options))
+    backend_options = {**_backend_options(conf), **(backend_options or {})}
+    q = JobQueue(progress_tracker, conf=owned_conf, hooks=hooks,
+                 backend_options=backend_options, **_settings(conf, options))
     app_globals.asyncjob_queue = q
-    q.pool.start()
+    q.backend.start()
     _default_queue = q
     log.info('tgext.asyncjob: %d worker thread(s) started', q.workers)
     return q
@@ -161,6 +173,7 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
         tracker = options.pop('progress_tracker', None)
         hooks = options.pop('hooks', ())
         q = start_async_worker(app_globals, tracker, hooks=hooks, conf=conf,
+                               backend_options=options.pop('backend_options', None),
                                **{k: options[k] for k in SETTINGS if options.get(k) is not None})
         if given is not None and given is not app_globals:
             # 0.3 let plug() name the globals object that holds the queue.

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue as stdqueue
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .database import remove_session, run_in_transaction
+from .errors import QueueFull
 from .job import Job, JobError, JobState
 
 if TYPE_CHECKING:
@@ -53,14 +55,15 @@ class WorkerThread(threading.Thread):
         self.current: Job | None = None
 
     def run(self) -> None:
-        q = self.pool.queue
+        pool = self.pool
+        q = pool.queue
         conf = q.conf
         if conf is not None:
             # tg.config inside a job is the job's own app, even with several apps per process.
             from tg.request_local import config as tg_config
             tg_config.push_thread_config(conf)
         while True:
-            job = q.next_job()
+            job = pool.channel.get()
             if job is None:
                 return
             self.current = job
@@ -74,11 +77,24 @@ class WorkerThread(threading.Thread):
 
 
 class WorkerPool:
-    """``size`` worker threads for one queue, started on first use of :meth:`start`."""
+    """The default backend: ``size`` threads of this process run the queue's jobs.
 
-    def __init__(self, queue: JobQueue, size: int):
+    ``max_queue`` bounds the waiting jobs (0: unbounded); a full queue makes
+    :meth:`enqueue` wait ``put_timeout`` seconds, then raise :class:`QueueFull`.
+    """
+
+    #: Capability flags shared by every backend (see ``tgext.asyncjob.backends``).
+    durable = False
+    supports_cancel = True
+    supports_immediate = True
+
+    def __init__(self, queue: JobQueue, size: int, max_queue: int = 0,
+                 put_timeout: float | None = 10.0):
         self.queue = queue
         self.size = size
+        self.max_queue = max_queue
+        self.put_timeout = put_timeout
+        self.channel = self._new_channel()
         self.threads: list[WorkerThread] = []
         self.discarding = False
         self._started = False
@@ -86,6 +102,19 @@ class WorkerPool:
         self._watchdog: threading.Thread | None = None
         self._watch = threading.Event()
         self.watch_interval = 1.0
+
+    def _new_channel(self) -> Any:
+        # SimpleQueue is C code, several times cheaper than Queue, and needs no bound.
+        return stdqueue.Queue(self.max_queue) if self.max_queue else stdqueue.SimpleQueue()
+
+    def enqueue(self, job: Job) -> None:
+        """Hand ``job`` to the threads."""
+        self.queue.hold(job)
+        try:
+            self.channel.put(job, True, self.put_timeout)
+        except stdqueue.Full:
+            raise QueueFull(f'the asyncjob queue stayed full ({self.max_queue} jobs) for '
+                            f'{self.put_timeout} s') from None
 
     def start(self) -> None:
         """Start the threads and the watchdog (idempotent)."""
@@ -132,6 +161,7 @@ class WorkerPool:
     def run_now(self, job: Job) -> None:
         """Immediate mode: run ``job`` in a fresh thread (its own session and
         transaction, as in a worker) and wait for it."""
+        self.queue.hold(job)
         thread = threading.Thread(target=self._run_immediate, args=(job,),
                                   name='asyncjob-immediate', daemon=True)
         thread.start()
@@ -150,14 +180,14 @@ class WorkerPool:
         self._watch.set()
         for _ in self.threads:
             try:
-                self.queue._channel.put(None, True, max(deadline - time.monotonic(), 0))
+                self.channel.put(None, True, max(deadline - time.monotonic(), 0))
             except Exception:  # queue.Full: workers still busy; they will see `discarding`
                 break
         for thread in self.threads:
             thread.join(max(deadline - time.monotonic(), 0))
         self.discarding = True
         unrun: list[str] = []
-        channel = self.queue._channel
+        channel = self.channel
         while True:
             try:
                 job = channel.get_nowait()
@@ -176,6 +206,7 @@ class WorkerPool:
         """In a forked child: the parent's threads are gone; start fresh ones if the
         parent had started any."""
         self._lock = threading.Lock()
+        self.channel = self._new_channel()
         was_started, self._started = self._started, False
         self.threads = []
         if was_started and not self.queue.stopped:
