@@ -212,7 +212,8 @@ def _release_database(app):
     """Drop the test thread's session/transaction and close the app's engine."""
     transaction.abort()
     app.dbsession.remove()
-    app.engine.dispose()
+    if getattr(app.app_globals, "sa_engine", None) is not None:
+        app.engine.dispose()
 
 
 @pytest.fixture

@@ -135,7 +135,8 @@ def make_app(db_url, *, enable="plug", plug_options=None, globals_class=None,
         raise RuntimeError("could not find the configuration of the new app")
 
     app = SampleTestApp(wsgi_app, conf=conf, configurator=base_config, enable=enable)
-    model.metadata.create_all(app.engine)
+    if getattr(app.app_globals, "sa_engine", None) is not None:
+        model.metadata.create_all(app.engine)
     if enable == "after":
         import tgext.asyncjob
         tgext.asyncjob.start_async_worker(app.app_globals, **plug_options)

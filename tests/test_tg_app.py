@@ -1,0 +1,224 @@
+"""tgext.asyncjob inside real TurboGears 2.5 applications (WebTest, SQLite and PostgreSQL)."""
+import threading
+
+import pytest
+import transaction
+from tg import TGController, expose, redirect, url
+
+import tgext.asyncjob
+from tgext.asyncjob import (AlreadyStarted, asyncjob_get_progress, asyncjob_perform,
+                            asyncjob_set_progress, asyncjob_timed_query)
+from tgext.asyncjob.trackers.memory import MemoryProgressTracker
+from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
+
+from jobhelpers import Gate, wait_finished
+from sampleapp import model
+from sampleapp.controllers.root import RootController, db_session
+from services import wait_for
+
+GATES = {}
+
+
+def add_row(name, value=None):
+    db_session().add(model.Row(name=name, value=value))
+
+
+def add_row_then_fail(name):
+    add_row(name)
+    db_session().flush()
+    raise RuntimeError('rolled back')
+
+
+class JobsController(RootController):
+    @expose('json')
+    def start(self, name='r', fail=''):
+        jobid = asyncjob_perform(add_row_then_fail if fail else add_row, name)
+        return dict(jobid=jobid)
+
+    @expose('json')
+    def progress(self, jobid):
+        return dict(progress=asyncjob_get_progress(jobid))
+
+
+def queue_of(app):
+    return app.app_globals.asyncjob_queue
+
+
+def row_names(app):
+    return [r['name'] for r in app.get('/rows').json['rows']]
+
+
+@pytest.mark.parametrize('enable', ['plug', 'globals', 'globals-autodetect', 'after'])
+def test_every_way_of_enabling_runs_jobs(make_app, db_url, enable):
+    app = make_app(db_url, enable=enable, root=JobsController)
+    jobid = app.get('/start', params={'name': enable}).json['jobid']
+    wait_finished(queue_of(app), jobid)
+    assert row_names(app) == [enable]
+
+
+def test_plugme_returns_the_appid():
+    from tg import FullStackApplicationConfigurator
+    assert tgext.asyncjob.plugme(FullStackApplicationConfigurator(), {}) == {
+        'appid': 'tgext.asyncjob'}
+
+
+def test_plug_with_app_globals_and_progress_tracker(make_app, sqlite_db_url):
+    from types import SimpleNamespace
+    holder, tracker = SimpleNamespace(), MemoryProgressTracker()
+    app = make_app(sqlite_db_url, plug_options={'app_globals': holder,
+                                                'progress_tracker': tracker})
+    assert holder.asyncjob_queue is queue_of(app)
+    assert queue_of(app).tracker is tracker
+
+
+def test_plug_reads_ini_settings(make_app, sqlite_db_url, redis_url, redis_client):
+    app = make_app(sqlite_db_url, extra_config={'asyncjob.workers': '3',
+                                                'asyncjob.tracker': redis_url})
+    assert len(queue_of(app).backend.threads) == 3
+    assert isinstance(queue_of(app).tracker, RedisProgressTracker)
+
+
+def test_plug_and_start_async_worker_together_is_refused(make_app, sqlite_db_url):
+    with pytest.raises(AlreadyStarted):
+        make_app(sqlite_db_url, enable='plug', globals_class=_self_starting_globals())
+
+
+def _self_starting_globals():
+    from sampleapp.lib.app_globals import Globals
+
+    class StartingGlobals(Globals):
+        def __init__(self):
+            super().__init__()
+            tgext.asyncjob.start_async_worker(self)
+    return StartingGlobals
+
+
+def test_two_apps_have_their_own_queue_worker_and_tracker(make_app, tmp_path):
+    first = make_app(f'sqlite:///{tmp_path}/a.sqlite', root=JobsController,
+                     dbsession=model.new_session())
+    second = make_app(f'sqlite:///{tmp_path}/b.sqlite', root=JobsController,
+                      dbsession=model.new_session())
+    q1, q2 = queue_of(first), queue_of(second)
+    assert q1 is not q2 and q1.tracker is not q2.tracker
+    assert q1.backend.threads[0] is not q2.backend.threads[0]
+    id1 = first.get('/start', params={'name': 'first'}).json['jobid']
+    id2 = second.get('/start', params={'name': 'second'}).json['jobid']
+    wait_finished(q1, id1)
+    wait_finished(q2, id2)
+    assert row_names(first) == ['first'] and row_names(second) == ['second']
+    assert q2.get_status(id1).state.value == 'not_found'
+
+
+def test_job_commits_on_return_and_aborts_on_raise(make_app, db_url):
+    app = make_app(db_url, root=JobsController)
+    ok = app.get('/start', params={'name': 'kept'}).json['jobid']
+    bad = app.get('/start', params={'name': 'dropped', 'fail': '1'}).json['jobid']
+    wait_finished(queue_of(app), ok)
+    status = wait_finished(queue_of(app), bad)
+    assert status.state.value == 'failed' and status.error.message == 'rolled back'
+    assert row_names(app) == ['kept']
+
+
+def test_none_from_progress_means_the_writes_are_visible(make_app, db_url):
+    app = make_app(db_url, root=JobsController)
+    for i in range(20):
+        jobid = app.get('/start', params={'name': f'row{i}'}).json['jobid']
+        wait_for(lambda: app.get('/progress', params={'jobid': jobid}).json['progress'] is None)
+        assert f'row{i}' in row_names(app)
+
+
+def test_the_session_is_removed_after_each_job(make_app, sqlite_db_url):
+    app = make_app(sqlite_db_url, root=JobsController)
+    sessions = []
+
+    def job():
+        sessions.append(db_session()())
+
+    q = queue_of(app)
+    wait_finished(q, asyncjob_perform(job))
+    wait_finished(q, asyncjob_perform(job))
+    assert sessions[0] is not sessions[1]
+
+
+def test_jobs_see_their_own_apps_config(make_app, tmp_path):
+    import tg
+    seen = {}
+    first = make_app(f'sqlite:///{tmp_path}/a.sqlite', dbsession=model.new_session(),
+                     extra_config={'marker': 'first'})
+    second = make_app(f'sqlite:///{tmp_path}/b.sqlite', dbsession=model.new_session(),
+                      extra_config={'marker': 'second'})
+    for app in (first, second):
+        q = queue_of(app)
+        wait_finished(q, q.perform(lambda: seen.setdefault(app.config['marker'],
+                                                            tg.config['marker'])))
+    assert seen == {'first': 'first', 'second': 'second'}
+
+
+def test_an_app_without_sqlalchemy_runs_jobs(make_app, sqlite_db_url):
+    app = make_app(sqlite_db_url, extra_config={'use_sqlalchemy': False})
+    q = queue_of(app)
+    assert wait_finished(q, q.perform(lambda: 'fine')).result == 'fine'
+
+
+# -- asyncjob_timed_query --------------------------------------------------------------
+
+
+def test_timed_query_finds_a_row_committed_after_the_job_started(make_app, db_url):
+    app = make_app(db_url, root=JobsController)
+    gate = Gate()
+    found = {}
+
+    def job():
+        if 'postgresql' in db_url:
+            add_row('written first')  # SQLite allows one writer: only PostgreSQL can do both
+            db_session().flush()
+        gate.job()
+        query = asyncjob_timed_query(
+            db_session().query(model.Group).filter_by(group_name='late'), retries=500,
+            interval=0.02)
+        group = query.first()
+        found['name'] = group.group_name if group else None
+
+    q = queue_of(app)
+    jobid = q.perform(job)
+    gate.wait_entered()
+    gate.release()
+    with transaction.manager:
+        app.dbsession.add(model.Group(group_name='late'))
+    app.dbsession.remove()
+    wait_finished(q, jobid)
+    assert found == {'name': 'late'}
+    if 'postgresql' in db_url:
+        assert row_names(app) == ['written first']
+
+
+def test_timed_query_returns_the_query_after_the_retries(make_app, sqlite_db_url):
+    app = make_app(sqlite_db_url)
+    calls = []
+
+    class CountingQuery:
+        def first(self):
+            calls.append(1)
+
+    q = queue_of(app)
+    result = wait_finished(q, q.perform(
+        lambda: asyncjob_timed_query(CountingQuery(), retries=3, interval=0.001))).result
+    assert len(calls) == 4 and result is not None
+    with pytest.raises(ValueError):
+        asyncjob_timed_query(CountingQuery(), retries=-1)
+
+
+def test_timed_query_does_not_sleep_when_the_row_is_there(make_app, sqlite_db_url):
+    app = make_app(sqlite_db_url)
+    calls = []
+
+    class FoundQuery:
+        def first(self):
+            calls.append(1)
+            return 'row'
+
+    q = queue_of(app)
+    # An interval of an hour: any sleep would blow the wait's deadline.
+    wait_finished(q, q.perform(lambda: asyncjob_timed_query(FoundQuery(), interval=3600)),
+                  timeout=10)
+    assert calls == [1]
