@@ -5,6 +5,7 @@ SQLAlchemy session and transaction while the page polls :func:`asyncjob_get_prog
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 from .database import asyncjob_timed_query
@@ -12,12 +13,14 @@ from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError
                      QueueStopped, TrackerUnavailable)
 from .job import JobError, JobState, JobStatus
 from .queue import JobQueue, running_job
+from .retry import Retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
 
 __all__ = [
     'asyncjob_perform', 'asyncjob_set_progress', 'asyncjob_get_progress',
     'asyncjob_running_uid', 'asyncjob_timed_query', 'asyncjob_get_status', 'asyncjob_wait',
-    'asyncjob_cancel', 'asyncjob_cancelled', 'start_async_worker', 'stop', 'plugme',
+    'asyncjob_cancel', 'asyncjob_cancelled', 'asyncjob_options', 'start_async_worker', 'stop',
+    'plugme', 'Retry', 'retry', 'JobOptions',
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
 ]
@@ -33,6 +36,37 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise TypeError(f'asyncjob_perform needs a callable, got {type(callable).__name__}: '
                         f'{callable!r}')
     return current_queue().perform(callable, args, kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """How to queue a job, kept apart from the job's own arguments (so that
+    ``asyncjob_perform(fn, retries=3)`` still passes ``retries`` to ``fn``)."""
+
+    delay: float | None = None
+    at: Any = None
+    on_commit: bool | None = None
+    retry: Retry | None = None
+
+    def perform(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+        """:func:`asyncjob_perform` with these options; returns the job id at once."""
+        return current_queue().perform(callable, args, kwargs, delay=self.delay, at=self.at,
+                                       on_commit=self.on_commit, retry=self.retry)
+
+
+def asyncjob_options(*, delay: float | None = None, at: Any = None,
+                     on_commit: bool | None = None, retry: Retry | None = None) -> JobOptions:
+    """Options for one job: ``asyncjob_options(delay=30).perform(fn, *args, **kwargs)``.
+
+    ``delay``: seconds to wait before starting; ``at``: a datetime or epoch seconds;
+    ``on_commit``: hand the job to the worker only once the current transaction commits
+    (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy.
+    """
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
+    if delay is not None and at is not None:
+        raise TypeError('give delay or at, not both')
+    return JobOptions(delay, at, on_commit, retry)
 
 
 def asyncjob_set_progress(value: int, data: Any = None) -> None:

@@ -7,6 +7,7 @@ ones are skipped)::
     on_started(job)                  # in the worker, before the job's transaction
     on_progress(job, value, data)    # in the worker, after the tracker stored it
     on_succeeded(job, result)        # after the commit
+    on_retrying(job, error, delay)   # an attempt failed; it runs again in delay s
     on_failed(job, error)            # after the abort; error is a JobError
     on_cancelled(job)                # a queued job was cancelled or dropped at stop
 
@@ -19,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger('tgext.asyncjob')
 
-EVENTS = ('enqueued', 'started', 'progress', 'succeeded', 'failed', 'cancelled')
+EVENTS = ('enqueued', 'started', 'progress', 'retrying', 'succeeded', 'failed', 'cancelled')
 
 
 class Hooks:

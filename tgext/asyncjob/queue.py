@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 from .errors import NotInJobError, QueueFull, QueueStopped, TrackerUnavailable
 from .hooks import Hooks
 from .job import Job, JobError, JobState, JobStatus
+from .retry import Retry
+from .scheduler import Scheduler
 from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
@@ -28,6 +30,32 @@ def running_job() -> Job | None:
 def running_queue() -> JobQueue | None:
     """The queue whose job the current thread is running, if any."""
     return getattr(_running, 'queue', None)
+
+
+def _eta(delay: float | None, at: float | None) -> float | None:
+    if delay is not None and at is not None:
+        raise TypeError('give delay or at, not both')
+    if delay is not None:
+        if not isinstance(delay, (int, float)) or delay < 0:
+            raise ValueError(f'delay must be a number of seconds >= 0, got {delay!r}')
+        return time.time() + delay
+    if at is not None:
+        if hasattr(at, 'timestamp'):
+            at = at.timestamp()
+        if not isinstance(at, (int, float)):
+            raise TypeError(f'at must be a datetime or epoch seconds, got {at!r}')
+        return float(at)
+    return None
+
+
+def _open_transaction() -> Any:
+    """The thread's current transaction, if one was begun (TG's ``tm`` begins one per
+    request, ``with transaction.manager:`` in scripts), else ``None``.
+
+    ``transaction.get()`` would create one implicitly, which nobody would ever commit.
+    """
+    import transaction
+    return getattr(transaction.manager.manager, '_txn', None)
 
 
 class JobQueue:
@@ -46,7 +74,8 @@ class JobQueue:
                  put_timeout: float | None = 10.0, attempts: int = 1,
                  immediate: bool = False, conf: Mapping[str, Any] | None = None,
                  hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0,
-                 backend: Any = None, backend_options: dict[str, Any] | None = None):
+                 backend: Any = None, backend_options: dict[str, Any] | None = None,
+                 enqueue_on_commit: bool = False):
         if tracker is None:
             from .trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
@@ -64,6 +93,8 @@ class JobQueue:
         self.conf = conf
         self.hooks = Hooks(hooks)
         self.stop_timeout = stop_timeout
+        self.enqueue_on_commit = bool(enqueue_on_commit)
+        self._scheduler: Scheduler | None = None
         self._jobs: dict[str, Job] = {}
         self._stopped = False
         self._tracker_down = False
@@ -87,17 +118,47 @@ class JobQueue:
     # -- taking jobs ---------------------------------------------------------------
 
     def perform(self, func: Callable[..., Any], args: tuple = (),
-                kwargs: dict[str, Any] | None = None) -> str:
-        """Queue ``func(*args, **kwargs)``; return its id once it is tracked."""
+                kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
+                at: float | None = None, on_commit: bool | None = None,
+                retry: Retry | None = None) -> str:
+        """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
+
+        ``delay`` (seconds) or ``at`` (epoch seconds) hold the job until then;
+        ``on_commit`` hands it over only when the current transaction commits
+        (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`.
+        """
         if not callable(func):
             raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
         if self._stopped:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
-        job = Job(func, args, kwargs or {})
-        self._guard(self.store.track, job.id,
-                    {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name})
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
+        eta = _eta(delay, at)
+        job = Job(func, args, kwargs or {}, eta=eta, retry=retry)
+        record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
+        if eta is not None:
+            record['eta'] = eta
+        txn = _open_transaction() if (self.enqueue_on_commit if on_commit is None
+                                      else on_commit) else None
+        if txn is not None:
+            record['detail'] = 'waiting for the transaction that queued it to commit'
+        self._guard(self.store.track, job.id, record)
         if self.hooks:
             self.hooks.emit('enqueued', job)
+        if txn is not None:
+            self.hold(job)
+            txn.addAfterCommitHook(self._after_commit, (job,))
+            txn.addAfterAbortHook(self._after_abort, (job,))
+        else:
+            self._hand_off(job)
+        return job.id
+
+    def _hand_off(self, job: Job) -> None:
+        """Give a job to the scheduler if it is not due yet, else to the backend."""
+        if job.eta is not None and job.eta > time.time() and not self.immediate:
+            self.hold(job)
+            self.scheduler.schedule(job, job.eta)
+            return
         try:
             if self.immediate:
                 self.backend.run_now(job)
@@ -107,7 +168,49 @@ class JobQueue:
             self._jobs.pop(job.id, None)
             self._guard(self.store.remove, job.id)
             raise
-        return job.id
+
+    def _release(self, job: Job) -> None:
+        """A delayed job is due (called by the scheduler thread)."""
+        try:
+            self.backend.enqueue(job)
+        except Exception as exc:
+            log.exception('asyncjob %s (%s): could not hand over a due job', job.id, job.func_name)
+            self.finished(job, JobState.FAILED, error=JobError.from_exception(exc))
+
+    def _after_commit(self, committed: bool, job: Job) -> None:
+        if not committed:
+            self._after_abort(job)
+            return
+        try:
+            self._hand_off(job)
+        except Exception:
+            log.exception('asyncjob %s (%s): could not queue after commit', job.id, job.func_name)
+            self._after_abort(job, 'it could not be queued after the commit')
+
+    def _after_abort(self, job: Job, why: str = 'the transaction that queued it aborted') -> None:
+        if not job.cancelled:
+            job.cancelled = True
+            self.finished(job, JobState.CANCELLED, detail=f'not run: {why}')
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The delayed-jobs scheduler, made on first use."""
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self._release)
+        return self._scheduler
+
+    def retry_later(self, job: Job, error: JobError, delay: float) -> None:
+        """Queue ``job`` again in ``delay`` seconds after a failed attempt. For workers."""
+        job.started_at = None
+        fields = {'state': 'queued', 'attempt': job.attempt, 'eta': time.time() + delay,
+                  'detail': f'attempt {job.attempt} failed; retrying in {delay:.3g} s',
+                  'error': {'type': error.type, 'message': error.message,
+                            'traceback': error.traceback}}
+        self._guard(self.store.update, job.id, fields)
+        if self.hooks:
+            self.hooks.emit('retrying', job, error, delay)
+        self.hold(job)
+        self.scheduler.schedule(job, fields['eta'])
 
     # -- tracker access, shielded from outages ------------------------------------
 
@@ -241,7 +344,12 @@ class JobQueue:
         if timeout is None:
             timeout = self.stop_timeout
         self._stopped = True
-        return self.backend.stop(timeout)
+        unrun = []
+        if self._scheduler is not None:
+            for job in self._scheduler.stop():
+                self.report_unrun(job, 'it was still waiting for its start time')
+                unrun.append(job.id)
+        return unrun + self.backend.stop(timeout)
 
     def hold(self, job: Job) -> None:
         """Remember a job this process will run, so it can be cancelled. For backends."""
@@ -257,6 +365,8 @@ class JobQueue:
         self._jobs = {}
         self._finished = threading.Condition()
         self._waiters = 0
+        if self._scheduler is not None:
+            self._scheduler.after_fork()
         self.backend.after_fork()
 
 

@@ -31,6 +31,7 @@ SETTINGS = {
     'immediate': asbool,
     'stop_timeout': float,
     'backend': str,
+    'enqueue_on_commit': asbool,
 }
 
 _default_queue: JobQueue | None = None

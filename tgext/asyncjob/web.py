@@ -109,7 +109,7 @@ def progress_snippet(jobid: str, mount: str = '/' + DEFAULT_MOUNT,
 
 
 def _bar_html(jobid: str, status_url: str, state: str, percent: int | None, text: str,
-              error: str = '', traceback: str = '') -> Markup:
+              error: str = '', traceback: str = '', message: str = '') -> Markup:
     """The progress widget; ``asyncjob.js`` finds it by ``data-asyncjob-status``."""
     # role=progressbar without aria-valuenow is "indeterminate", right for unknown progress.
     valuenow = Markup('') if percent is None else Markup(' aria-valuenow="{}"').format(percent)
@@ -121,15 +121,26 @@ def _bar_html(jobid: str, status_url: str, state: str, percent: int | None, text
         '<div class="asyncjob-fill" style="width: {width}%"></div></div>\n'
         '  <p class="asyncjob-line"><span class="asyncjob-percent">{percent_text}</span>'
         ' <span class="asyncjob-state" role="status" aria-live="polite">{text}</span></p>\n'
-        '  <p class="asyncjob-message"></p>\n'
+        '  <p class="asyncjob-message">{message}</p>\n'
         '  <p class="asyncjob-error" role="alert"{error_hidden}>{error}</p>\n'
         '  <details class="asyncjob-traceback"{tb_hidden}><summary>Traceback</summary>'
         '<pre>{traceback}</pre></details>\n'
         '</div>\n'
     ).format(url=status_url, state=state, jobid=jobid, valuenow=valuenow, width=width,
              percent_text='' if percent is None else f'{percent}%', text=text, error=error,
-             error_hidden=Markup('') if error else Markup(' hidden'),
+             message=message, error_hidden=Markup('') if error else Markup(' hidden'),
              traceback=traceback, tb_hidden=Markup('') if traceback else Markup(' hidden'))
+
+
+def _message_of(status: JobStatus) -> str:
+    """What the job says of itself: its data if text, ``data['message']``, or the detail
+    (the same rule as asyncjob.js)."""
+    data = status.data
+    if isinstance(data, str):
+        return data
+    if isinstance(data, dict) and isinstance(data.get('message'), str):
+        return data['message']
+    return status.detail or ''
 
 
 _STATE_TEXT = {
@@ -281,7 +292,7 @@ class AsyncJobController(TGController):
                 error = f'{status.error.type}: {status.error.message}'
                 tb = status.error.traceback if tracebacks_allowed() else ''
             bar = _bar_html(jobid, status_url, state, percent_of(status),
-                            _STATE_TEXT.get(state, state), error, tb)
+                            _STATE_TEXT.get(state, state), error, tb, _message_of(status))
         body = Markup('<p class="asyncjob-id">Job <code>{jobid}</code>{name}</p>\n{bar}'
                       '<noscript><p>Reload this page to see the latest progress.</p></noscript>\n'
                       ).format(jobid=jobid, bar=bar,

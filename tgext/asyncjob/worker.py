@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .database import remove_session, run_in_transaction
 from .errors import QueueFull
 from .job import Job, JobError, JobState
+from .retry import policy_for
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -32,10 +33,17 @@ def run_job(q: JobQueue, job: Job) -> None:
         result = run_in_transaction(functools.partial(job.func, *job.args, **job.kwargs),
                                     q.attempts)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the worker
-        log.error('asyncjob %s (%s) failed, its transaction was aborted',
-                  job.id, job.func_name, exc_info=True)
         leave_job()
-        q.finished(job, JobState.FAILED, error=JobError.from_exception(exc))
+        error = JobError.from_exception(exc)
+        policy = policy_for(job.retry, job.func)
+        if policy is not None and not q.stopped and policy.should_retry(exc, job.attempt):
+            log.warning('asyncjob %s (%s) attempt %d failed (%s: %s); retrying', job.id,
+                        job.func_name, job.attempt, error.type, error.message)
+            q.retry_later(job, error, policy.delay(job.attempt))
+        else:
+            log.error('asyncjob %s (%s) failed, its transaction was aborted',
+                      job.id, job.func_name, exc_info=True)
+            q.finished(job, JobState.FAILED, error=error)
     else:
         leave_job()
         q.finished(job, JobState.SUCCEEDED, result=result)

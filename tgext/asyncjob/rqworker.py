@@ -1,0 +1,217 @@
+"""The TurboGears-aware RQ worker for ``asyncjob.backend = rq``.
+
+::
+
+    python -m tgext.asyncjob.rqworker production.ini [--burst] [--simple] [--name W1]
+    python -m tgext.asyncjob.rqworker --app myapp.wsgi:make_app
+    gearbox rqworker -c production.ini          # the same, as a gearbox command
+
+It loads the application from its ``.ini`` file (PasteDeploy, as ``gearbox serve``
+does; logging too if the file configures it), or by calling ``--app
+module:factory``. Loading starts the app's asyncjob queue, whose ``rq`` backend says
+which Redis and RQ queue to listen on (``asyncjob.backend.redis_url`` and
+``asyncjob.backend.queue_name``). Each job then runs with the app's configuration
+as ``tg.config``, in its own transaction and SQLAlchemy session (commit if it
+returns, abort if it raises), and its progress and final state go to the shared
+Redis tracker the web process reads.
+
+By default each job runs in a forked child (RQ's ``Worker``): a crash, a leak or a
+hard kill ends the child, not the worker, and the job is recorded as failed.
+``--simple`` runs jobs in the worker process itself (RQ's ``SimpleWorker``): faster
+for short jobs, the way the in-process thread backend runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import importlib
+import logging
+import logging.config
+import os
+import sys
+from typing import Any, Sequence
+
+from rq import Queue, SimpleWorker, Worker
+
+from .backends.rq import RQBackend, _BACKENDS, mark_worker_died
+
+log = logging.getLogger('tgext.asyncjob')
+
+
+def load_application(config: str | None = None, app: str | None = None,
+                     name: str | None = None) -> Any:
+    """Load the TurboGears application (which starts its asyncjob queue) and return it.
+
+    ``config`` is an .ini path (``file.ini#section`` or ``name`` picks the app
+    section, default ``main``), loaded with PasteDeploy; ``app`` is a
+    ``module:factory`` called with no arguments.
+    """
+    if (config is None) == (app is None):
+        raise SystemExit('give the application: an .ini file, or --app module:factory')
+    if app is not None:
+        module, _, attr = app.partition(':')
+        if not attr:
+            raise SystemExit(f'--app wants module:factory, got {app!r}')
+        factory = importlib.import_module(module)
+        for part in attr.split('.'):
+            factory = getattr(factory, part)
+        return factory()
+    from paste.deploy import loadapp
+    path, _, section = config.partition('#')
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise SystemExit(f'no such configuration file: {path}')
+    setup_logging(path)
+    return loadapp(f'config:{path}', name=name or section or None)
+
+
+def setup_logging(path: str) -> None:
+    """Configure logging from the .ini file's ``[loggers]`` sections, if it has them."""
+    parser = configparser.ConfigParser()
+    parser.read([path])
+    if parser.has_section('loggers'):
+        logging.config.fileConfig(path, {'__file__': path, 'here': os.path.dirname(path)},
+                                  disable_existing_loggers=False)
+
+
+def rq_backends() -> list[RQBackend]:
+    """The rq backends of the applications loaded in this process."""
+    return [b for b in list(_BACKENDS.values()) if not b.queue.stopped]
+
+
+def _engines(backends: Sequence[RQBackend]) -> list[Any]:
+    engines = []
+    for backend in backends:
+        conf = backend.queue.conf or {}
+        app_globals = conf.get('tg.app_globals')
+        engine = getattr(app_globals, 'sa_engine', None)
+        if engine is not None:
+            engines.append(engine)
+    return engines
+
+
+class TGWorker(Worker):
+    """RQ's forking worker; the child closes its own database connections at the end
+    and never uses the ones it inherited."""
+
+    tg_backends: Sequence[RQBackend] = ()
+
+    def main_work_horse(self, job: Any, queue: Queue) -> None:
+        for engine in _engines(self.tg_backends):
+            engine.dispose(close=False)  # inherited sockets belong to the parent
+        super().main_work_horse(job, queue)
+
+    def perform_job(self, job: Any, queue: Queue, execution: Any) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            if os.getpid() != self.tg_parent_pid:
+                for engine in _engines(self.tg_backends):
+                    engine.dispose()
+
+
+class TGSimpleWorker(SimpleWorker):
+    """RQ's non-forking worker: jobs run in the worker process, one after the other."""
+
+
+def _horse_killed(job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
+    mark_worker_died(job, f'the work horse ended unexpectedly (wait status {ret_val})')
+
+
+def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence[str] = (),
+                simple: bool = False, name: str | None = None) -> Worker:
+    """An RQ worker listening on the loaded applications' rq queues (or on ``queues``).
+
+    Raises ``SystemExit`` with an explanation when no application uses the rq backend.
+    """
+    backends = list(backends if backends is not None else rq_backends())
+    if not backends:
+        raise SystemExit('the application has no asyncjob queue with the rq backend: set '
+                         'asyncjob.backend = rq (and asyncjob.backend.redis_url, '
+                         'asyncjob.backend.queue_name) in its configuration')
+    connection = backends[0].connection
+    kwargs = connection.connection_pool.connection_kwargs
+    for other in backends[1:]:
+        if other.connection.connection_pool.connection_kwargs != kwargs:
+            raise SystemExit('the loaded applications use different Redis servers: '
+                             'start one worker command per application')
+    names = list(queues) or list(dict.fromkeys(b.queue_name for b in backends))
+    rq_queues = [Queue(n, connection=connection) for n in names]
+    if simple:
+        return TGSimpleWorker(rq_queues, connection=connection, name=name)
+    worker = TGWorker(rq_queues, connection=connection, name=name,
+                      work_horse_killed_handler=_horse_killed)
+    worker.tg_backends = backends
+    worker.tg_parent_pid = os.getpid()
+    return worker
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_option: bool = False) -> None:
+    """The command's options (``config_option``: ``-c/--config`` instead of a positional
+    argument, as gearbox commands take it)."""
+    if config_option:
+        parser.add_argument('-c', '--config', dest='config', metavar='INI',
+                            help='application .ini file (file.ini or file.ini#section)')
+    else:
+        parser.add_argument('config', nargs='?', metavar='INI',
+                            help='application .ini file (file.ini or file.ini#section)')
+    parser.add_argument('--app', metavar='MODULE:FACTORY',
+                        help='load the application by calling this factory instead')
+    parser.add_argument('-n', '--app-name', dest='app_name', metavar='NAME',
+                        help='application section of the .ini file (default main)')
+    parser.add_argument('-q', '--queue', dest='queues', action='append', default=[],
+                        metavar='NAME', help='RQ queue to listen on (repeatable; default '
+                        'asyncjob.backend.queue_name)')
+    parser.add_argument('-b', '--burst', action='store_true',
+                        help='run the queued jobs, then exit')
+    parser.add_argument('--simple', action='store_true',
+                        help='run jobs in the worker process instead of a forked child each')
+    parser.add_argument('--name', help='worker name (default: RQ makes one)')
+    parser.add_argument('--max-jobs', type=int, default=None, help='exit after this many jobs')
+    parser.add_argument('--logging-level', default='INFO', help='RQ log level (default INFO)')
+
+
+def run(options: argparse.Namespace) -> int:
+    """Load the application and run the worker until it is stopped (or the queue is
+    empty with ``--burst``). Returns the exit status."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as gearbox: the project's package is importable
+    config = None if options.app else options.config
+    load_application(config, options.app, options.app_name)
+    worker = make_worker(queues=options.queues, simple=options.simple, name=options.name)
+    log.info('tgext.asyncjob rq worker %s listening on %s', worker.name,
+             ', '.join(q.name for q in worker.queues))
+    worker.work(burst=options.burst, max_jobs=options.max_jobs,
+                logging_level=options.logging_level)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tgext.asyncjob.rqworker``: see the module's documentation."""
+    parser = argparse.ArgumentParser(prog='python -m tgext.asyncjob.rqworker',
+                                     description=__doc__.split('\n\n')[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+try:
+    from gearbox.command import Command as _GearboxCommand
+except ImportError:  # pragma: no cover - gearbox ships with TurboGears
+    _GearboxCommand = None
+
+if _GearboxCommand is not None:
+    class RQWorkerCommand(_GearboxCommand):
+        """Run an RQ worker for the application's asyncjob jobs (asyncjob.backend = rq)."""
+
+        def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+            parser = super().get_parser(prog_name)
+            add_arguments(parser, config_option=True)
+            parser.set_defaults(config='development.ini')
+            return parser
+
+        def take_action(self, parsed_args: argparse.Namespace) -> int:
+            return run(parsed_args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
