@@ -126,21 +126,23 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
 
 
 def current_queue() -> JobQueue:
-    """The queue for the caller: the running job's, else the current request's or
-    application's, else the last one started in this process."""
+    """The queue for the caller: the running job's; in a request, its application's;
+    elsewhere the current application's, or else the last one started in this process."""
     q = running_queue()
     if q is not None:
         return q
     try:
-        g = tg_context._current_obj().app_globals
+        return tg_context._current_obj().app_globals.asyncjob_queue
     except (TypeError, AttributeError):
-        conf = _current_conf()
-        g = conf.get('tg.app_globals') if conf is not None else None
-    q = getattr(g, 'asyncjob_queue', None)
-    if q is not None:
+        pass
+    conf = _current_conf()
+    q = getattr(conf.get('tg.app_globals') if conf is not None else None, 'asyncjob_queue', None)
+    if q is not None and not q.stopped:
         return q
     if _default_queue is not None and not _default_queue.stopped:
         return _default_queue
+    if q is not None:
+        return q  # stopped: its perform() says so
     raise NoWorkerError('no asyncjob worker is running: plug tgext.asyncjob or call '
                         'start_async_worker() first')
 

@@ -1,0 +1,34 @@
+"""Root controller of the RQ sample app: queue jobs, read their status."""
+
+import json
+
+from tg import expose, request
+
+import tgext.asyncjob as aj
+from sampleapp.controllers.root import RootController
+from rqapp import jobs
+
+
+class RQRoot(RootController):
+    """``RootController`` plus endpoints that queue the jobs of :mod:`rqapp.jobs`."""
+
+    @expose("json")
+    def queue(self, job="write_row", name="x", **kw):
+        """Queue ``rqapp.jobs.<job>(name, **kw)``; return ``{"jobid": ...}``."""
+        return dict(jobid=aj.asyncjob_perform(getattr(jobs, job), name, **kw))
+
+    @expose("json")
+    def progress(self, jobid):
+        """``asyncjob_get_progress(jobid)`` (a list, or null)."""
+        progress = aj.asyncjob_get_progress(jobid)
+        return dict(progress=list(progress) if progress is not None else None)
+
+    @expose("json")
+    def statuses(self):
+        """POST a JSON list of job ids; get ``{"statuses": {id: status dict}}``."""
+        ids = json.loads(request.body)
+        return dict(statuses={i: aj.asyncjob_get_status(i).to_dict() for i in ids})
+
+    @expose("json")
+    def cancel(self, jobid):
+        return dict(cancelled=aj.asyncjob_cancel(jobid))
