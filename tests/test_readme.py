@@ -1,0 +1,139 @@
+"""Every Python example in README.rst runs here, in order, against real apps."""
+import pathlib
+import re
+from types import SimpleNamespace
+
+import pytest
+import transaction
+from tg import FullStackApplicationConfigurator
+
+from jobhelpers import wait_finished
+from sampleapp import model
+from services import wait_for
+
+README = pathlib.Path(__file__).parent.parent / 'README.rst'
+
+
+def python_blocks():
+    blocks = re.findall(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)', README.read_text())
+    return [re.sub(r'^   ', '', b, flags=re.M) for b in blocks]
+
+
+def shell_commands():
+    return re.findall(r'\.\. code-block:: sh\n\n   (.*)\n', README.read_text())
+
+
+def test_readme_opens_with_the_demo_and_test_commands():
+    demo, tests = shell_commands()[:2]
+    assert demo.endswith('python -m tgext.asyncjob.demo')
+    assert tests.endswith('python -m pytest') and "'.[test]'" in tests
+    ci = (README.parent / '.ci' / 'run').read_text()
+    assert 'README.rst' in ci
+
+
+def test_every_block_is_run_by_this_module():
+    handled = [any(marker in block for marker in HANDLERS) for block in python_blocks()]
+    assert handled and all(handled), python_blocks()[handled.index(False)]
+
+
+def run(block, **names):
+    namespace = dict(names)
+    exec(compile(block, str(README), 'exec'), namespace)
+    return namespace
+
+
+def block_with(marker):
+    [block] = [b for b in python_blocks() if marker in b and b not in CLAIMED]
+    CLAIMED.append(block)
+    return block
+
+
+CLAIMED = []
+
+
+@pytest.fixture
+def worker():
+    from tgext.asyncjob import start_async_worker
+    q = start_async_worker(SimpleNamespace())
+    yield q
+    q.stop(10)
+
+
+def test_plug_block(make_app, sqlite_db_url):
+    base_config = FullStackApplicationConfigurator()
+    run(block_with("plug(base_config, 'tgext.asyncjob')"), base_config=base_config)
+    assert base_config.get_component('asyncjob') is not None
+
+
+@pytest.mark.parametrize('marker', ['MemoryProgressTracker())', 'RedisProgressTracker())'])
+def test_globals_blocks(marker, redis_url, redis_client):
+    ns = run([b for b in python_blocks() if marker in b][0])
+    g = ns['Globals']()
+    try:
+        jobid = g.asyncjob_queue.perform(lambda: 'ran')
+        assert wait_finished(g.asyncjob_queue, jobid).result == 'ran'
+    finally:
+        g.asyncjob_queue.stop(5)
+
+
+def test_performing_block(worker, capfd):
+    ns = run(block_with('def background_task'))
+    wait_finished(worker, ns['jobid'])
+    assert capfd.readouterr().out == '10\n'
+
+
+def test_progress_controller_block(make_app, sqlite_db_url):
+    ns = run(block_with('class RootController(TGController)'))
+    app = make_app(sqlite_db_url, root=ns['RootController'])
+    state_url = app.get('/controller_method').headers['Location']
+    wait_for(lambda: app.get(state_url).text == 'Job Completed')
+
+
+def test_status_block(worker):
+    run(block_with('asyncjob_wait(asyncjob_perform(double'))
+
+
+def test_hooks_block(worker, caplog):
+    from tgext.asyncjob import start_async_worker
+    ns = run(block_with('class LogJobs'))
+    q = start_async_worker(SimpleNamespace(), hooks=[ns['LogJobs']()])
+    try:
+        wait_finished(q, q.perform(int, ('x',)))
+    finally:
+        q.stop(5)
+    assert any('builtins.int failed' in r.getMessage() for r in caplog.records)
+
+
+def test_options_block(worker):
+    ns = run(block_with('asyncjob_options(delay=30)'))
+    assert ns['fetch_feed'].__asyncjob_retry__.max_retries == 3
+    wait_for(lambda: sorted(s.state.value for s in worker.recent(2)) == ['queued', 'succeeded'])
+
+
+@pytest.mark.parametrize('marker', ['asyncjob_options(on_commit=True).perform(async_query',
+                                    'asyncjob_timed_query(DBSession'])
+def test_database_blocks(make_app, db_url, marker):
+    app = make_app(db_url)
+    block = [b for b in python_blocks() if marker in b][0]
+    with transaction.manager:
+        run(block, DBSession=app.dbsession, Group=model.Group)
+    app.dbsession.remove()
+    wait_for(lambda: [g['display_name'] for g in app.get('/groups').json['groups']] == ['Prova'])
+
+
+def test_custom_tracker_block():
+    from tgext.asyncjob import start_async_worker
+    ns = run(block_with('class MyProgressTracker'))
+    q = start_async_worker(SimpleNamespace(), progress_tracker=ns['MyProgressTracker']())
+    try:
+        jobid = q.perform(lambda: None)
+        wait_for(lambda: q.get_progress(jobid) is None)
+    finally:
+        q.stop(5)
+
+
+HANDLERS = ["plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
+            'RedisProgressTracker())', 'def background_task', 'class RootController(TGController)',
+            'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
+            'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
+            'class MyProgressTracker']
