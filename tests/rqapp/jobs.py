@@ -45,3 +45,26 @@ def die(name):
     write_row(name)
     tg.config["DBSession"].flush()
     os.kill(os.getpid(), 9)
+
+
+class Tasks:
+    """Static and class methods are importable by name: the rq backend accepts them."""
+
+    @staticmethod
+    def static(name):
+        return write_row(name)
+
+    @classmethod
+    def klass(cls, name):
+        return write_row(name)
+
+    def method(self, name):
+        return write_row(name)
+
+
+#: A module-level instance: its bound method is NOT importable by name.
+tasks = Tasks()
+
+
+def noop():
+    """Does nothing: for timing the backend itself."""

@@ -135,6 +135,9 @@ class JobQueue:
             raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
         eta = _eta(delay, at)
         job = Job(func, args, kwargs or {}, eta=eta, retry=retry)
+        check = getattr(self.backend, 'check', None)
+        if check is not None:
+            check(job)  # e.g. rq: an importable callable, serialisable arguments
         record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
         if eta is not None:
             record['eta'] = eta

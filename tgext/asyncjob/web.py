@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import tg
 from markupsafe import Markup, escape
 from tg import TGController, expose
+from tg.exceptions import HTTPNotModified
 from tg.support.converters import asbool
 
 from .errors import NoWorkerError, TrackerUnavailable
@@ -218,7 +219,13 @@ def _time(ts: float | None) -> str:
     if ts is None:
         return ''
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
-        '%Y-%m-%d %H:%M:%S UTC')
+        '%Y-%m-%d %H:%M:%S')
+
+
+def _took(status: JobStatus) -> str:
+    if status.started_at is None or status.finished_at is None:
+        return ''
+    return f'{max(status.finished_at - status.started_at, 0):.1f} s'
 
 
 _PAGE = Markup('''<!DOCTYPE html>
@@ -295,7 +302,7 @@ class AsyncJobController(TGController):
                             _STATE_TEXT.get(state, state), error, tb, _message_of(status))
         body = Markup('<p class="asyncjob-id">Job <code>{jobid}</code>{name}</p>\n{bar}'
                       '<noscript><p>Reload this page to see the latest progress.</p></noscript>\n'
-                      ).format(jobid=jobid, bar=bar,
+                      '{nav}').format(jobid=jobid, bar=bar, nav=_jobs_link(base),
                                name=Markup(': <code>{}</code>').format(status.name)
                                if status is not None and status.name else '')
         page = _PAGE.format(title='Job progress', base=base, body=body)
@@ -347,10 +354,11 @@ class AsyncJobController(TGController):
             return _respond('not found', 'text/plain', 404)
         data = _static_bytes(filename)
         etag = hashlib.sha256(data).hexdigest()[:32]
-        if tg.request.if_none_match and etag in tg.request.if_none_match:
-            tg.response.etag = etag
-            return _respond(b'', content_type, 304, cache='public, max-age=300')
         tg.response.etag = etag
+        if tg.request.if_none_match and etag in tg.request.if_none_match:
+            # Raised, not returned: TG would give a returned empty body a Content-Type.
+            raise HTTPNotModified(headers={'ETag': f'"{etag}"',
+                                           'Cache-Control': 'public, max-age=300'})
         return _respond(data, content_type, cache='public, max-age=300')
 
 
@@ -371,6 +379,13 @@ def _static_bytes(filename: str) -> bytes:
     return data
 
 
+def _jobs_link(base: str) -> Markup:
+    # Only offered to those who may open it.
+    if not jobs_page_allowed():
+        return Markup('')
+    return Markup('<p><a href="{}/jobs">All recent jobs</a></p>\n').format(base)
+
+
 def _jobs_table(jobs: list[JobStatus], base: str) -> Markup:
     if not jobs:
         return Markup('<p>No jobs yet.</p>')
@@ -380,19 +395,20 @@ def _jobs_table(jobs: list[JobStatus], base: str) -> Markup:
         error = f'{status.error.type}: {status.error.message}' if status.error else status.detail
         rows.append(Markup(
             '<tr data-state="{state}"><td><a href="{base}/progress/{id}"><code>{short}</code></a>'
-            '</td><td>{name}</td><td><span class="asyncjob-badge">{state_text}</span></td>'
-            '<td>{percent}</td><td>{enqueued}</td><td>{finished}</td><td>{error}</td></tr>'
+            '</td><td class="asyncjob-name">{name}</td><td><span class="asyncjob-badge">{state_text}</span></td>'
+            '<td>{percent}</td><td class="asyncjob-time">{enqueued}</td>'
+            '<td class="asyncjob-time">{took}</td><td>{error}</td></tr>'
         ).format(state=status.state.value, base=base, id=status.id, short=status.id[:12],
                  name=status.name or '', state_text=_STATE_TEXT.get(status.state.value,
                                                                      status.state.value),
                  percent='' if percent is None else f'{percent}%',
-                 enqueued=_time(status.enqueued_at), finished=_time(status.finished_at),
+                 enqueued=_time(status.enqueued_at), took=_took(status),
                  error=error))
     return Markup(
-        '<table class="asyncjob-jobs">\n<thead><tr><th scope="col">Job</th>'
+        '<div class="asyncjob-scroll"><table class="asyncjob-jobs">\n<thead><tr><th scope="col">Job</th>'
         '<th scope="col">Callable</th><th scope="col">State</th><th scope="col">Progress</th>'
-        '<th scope="col">Queued at</th><th scope="col">Finished at</th>'
-        '<th scope="col">Detail</th></tr></thead>\n<tbody>\n{}\n</tbody>\n</table>'
+        '<th scope="col">Queued (UTC)</th><th scope="col">Took</th>'
+        '<th scope="col">Detail</th></tr></thead>\n<tbody>\n{}\n</tbody>\n</table></div>'
     ).format(Markup('\n').join(rows))
 
 

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .database import remove_session, run_in_transaction
-from .errors import QueueFull
+from .errors import QueueFull, QueueStopped
 from .job import Job, JobError, JobState
 from .retry import policy_for
 
@@ -36,7 +36,8 @@ def run_job(q: JobQueue, job: Job) -> None:
         leave_job()
         error = JobError.from_exception(exc)
         policy = policy_for(job.retry, job.func)
-        if policy is not None and not q.stopped and policy.should_retry(exc, job.attempt):
+        if (policy is not None and not q.stopped and policy.should_retry(exc, job.attempt)
+                and getattr(q.backend, 'supports_retry', True)):
             log.warning('asyncjob %s (%s) attempt %d failed (%s: %s); retrying', job.id,
                         job.func_name, job.attempt, error.type, error.message)
             q.retry_later(job, error, policy.delay(job.attempt))
@@ -74,14 +75,9 @@ class WorkerThread(threading.Thread):
             job = pool.channel.get()
             if job is None:
                 return
-            self.current = job
-            if job.cancelled:
-                pass
-            elif self.pool.discarding:
-                q.report_unrun(job, 'the queue was stopped before it started')
-            else:
-                run_job(q, job)
-            self.current = None
+            if pool.claim(job, self):
+                run_job(q, job)  # returns at once for a job cancelled while queued
+                self.current = None
 
 
 class WorkerPool:
@@ -95,6 +91,7 @@ class WorkerPool:
     durable = False
     supports_cancel = True
     supports_immediate = True
+    supports_retry = True
 
     def __init__(self, queue: JobQueue, size: int, max_queue: int = 0,
                  put_timeout: float | None = 10.0):
@@ -107,6 +104,11 @@ class WorkerPool:
         self.discarding = False
         self._started = False
         self._lock = threading.Lock()
+        # Jobs in the channel that no thread has claimed yet, by id. A thread claims a
+        # job, and stop() takes the unclaimed ones, under ``_handoff``: so each job is
+        # either run or reported by stop(), never both, never neither.
+        self._waiting: dict[str, Job] = {}
+        self._handoff = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._watch = threading.Event()
         self.watch_interval = 1.0
@@ -116,13 +118,34 @@ class WorkerPool:
         return stdqueue.Queue(self.max_queue) if self.max_queue else stdqueue.SimpleQueue()
 
     def enqueue(self, job: Job) -> None:
-        """Hand ``job`` to the threads."""
+        """Hand ``job`` to the threads. Raises :class:`QueueFull` when the bounded queue
+        stayed full ``put_timeout`` seconds, :class:`QueueStopped` (the job is then
+        reported as not run) once :meth:`stop` has given up waiting."""
+        with self._handoff:
+            refused = self.discarding
+            if not refused:
+                self._waiting[job.id] = job
+        if refused:
+            job.cancelled = True
+            self.queue.report_unrun(job, 'the queue was stopped before it started')
+            raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
         self.queue.hold(job)
         try:
             self.channel.put(job, True, self.put_timeout)
         except stdqueue.Full:
+            with self._handoff:
+                self._waiting.pop(job.id, None)
             raise QueueFull(f'the asyncjob queue stayed full ({self.max_queue} jobs) for '
                             f'{self.put_timeout} s') from None
+
+    def claim(self, job: Job, thread: WorkerThread) -> bool:
+        """A thread took ``job`` from the channel: make it the thread's ``current``.
+        False if :meth:`stop` already reported the job as not run."""
+        with self._handoff:
+            if self._waiting.pop(job.id, None) is None:
+                return False
+            thread.current = job
+            return True
 
     def start(self) -> None:
         """Start the threads and the watchdog (idempotent)."""
@@ -151,8 +174,11 @@ class WorkerPool:
                 if thread.is_alive():
                     continue
                 job = thread.current
-                log.error('asyncjob worker thread %s died; replacing it', thread.name)
-                if job is not None:
+                if job is None:
+                    log.error('asyncjob worker thread %s died; replacing it', thread.name)
+                else:
+                    log.error('asyncjob worker thread %s died while running %s (%s); '
+                              'replacing it, the job failed', thread.name, job.id, job.func_name)
                     self.queue.finished(job, JobState.FAILED, error=JobError(
                         'WorkerDied', f'worker thread {thread.name} died while running the job'))
                 self.threads[index] = self._spawn(index)
@@ -183,37 +209,54 @@ class WorkerPool:
         run_job(self.queue, job)
 
     def stop(self, timeout: float) -> list[str]:
-        """Let the threads drain the queue until ``timeout``; report what is left."""
+        """Let the threads drain the queue until ``timeout``; report what is left.
+
+        Each thread gets a sentinel behind the queued jobs and ends on reaching it.
+        At the deadline, the jobs no thread has claimed are reported (logged at
+        WARNING, marked cancelled) and their ids returned; jobs already running are
+        left to finish.
+        """
         deadline = time.monotonic() + max(timeout, 0)
         self._watch.set()
-        for _ in self.threads:
+        threads = list(self.threads)
+        for _ in threads:
             try:
                 self.channel.put(None, True, max(deadline - time.monotonic(), 0))
-            except Exception:  # queue.Full: workers still busy; they will see `discarding`
+            except stdqueue.Full:  # workers still busy: the rest is reported below
                 break
-        for thread in self.threads:
+        for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0))
-        self.discarding = True
-        unrun: list[str] = []
-        channel = self.channel
-        while True:
+        with self._handoff:
+            self.discarding = True
+            unrun = [job for job in self._waiting.values() if not job.cancelled]
+            self._waiting.clear()
+            for job in unrun:
+                job.cancelled = True
+        while True:  # empty the channel: frees memory, unblocks callers of a full put()
             try:
-                job = channel.get_nowait()
-            except Exception:  # queue.Empty
+                self.channel.get_nowait()
+            except stdqueue.Empty:
                 break
-            if job is not None and not job.cancelled:
-                self.queue.report_unrun(job, 'the queue was stopped before it started')
-                unrun.append(job.id)
-        for thread in self.threads:
-            if thread.is_alive() and thread.current is not None:
-                log.warning('asyncjob %s (%s) still running at stop; left to finish',
-                            thread.current.id, thread.current.func_name)
-        return unrun
+        for thread in threads:
+            if thread.is_alive():
+                try:  # it ends after its current job
+                    self.channel.put_nowait(None)
+                except stdqueue.Full:
+                    pass
+                job = thread.current
+                if job is not None:
+                    log.warning('asyncjob %s (%s) still running at stop; left to finish',
+                                job.id, job.func_name)
+        for job in unrun:
+            self.queue.report_unrun(job, 'the queue was stopped before it started')
+        return [job.id for job in unrun]
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads are gone; start fresh ones if the
         parent had started any."""
         self._lock = threading.Lock()
+        self._handoff = threading.Lock()
+        self._waiting = {}
         self.channel = self._new_channel()
         was_started, self._started = self._started, False
         self.threads = []

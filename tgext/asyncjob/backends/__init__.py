@@ -7,9 +7,12 @@ the queue (``factory(queue, **options)``) that has
 * ``run_now(job)``: run it synchronously (immediate mode);
 * ``start()``, ``stop(timeout) -> list of ids that did not run``, ``after_fork()``;
 * optionally ``cancel(jobid) -> bool`` for jobs this process does not hold;
+* optionally ``check(job)``: raise ``TypeError`` for a job it cannot take, before
+  anything is tracked;
 
 and capability flags: ``durable`` (queued jobs survive a restart of the web
-process), ``supports_cancel``, ``supports_immediate``. Wherever a backend runs a job,
+process), ``supports_cancel``, ``supports_immediate``, ``supports_retry`` (failed
+attempts can be queued again later from where the job ran). Wherever a backend runs a job,
 it calls :func:`tgext.asyncjob.worker.run_job` so that transactions, progress and
 status behave the same everywhere.
 

@@ -114,6 +114,8 @@ class RQBackend:
     durable = True
     supports_cancel = True
     supports_immediate = True
+    # A retry would wait in the worker's memory, which a forking RQ worker discards.
+    supports_retry = False
 
     def __init__(self, queue: JobQueue, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,

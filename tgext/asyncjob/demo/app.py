@@ -136,7 +136,10 @@ class DemoRootController(TGController):
         """The form, and live progress of the last few jobs (``progress_snippet``)."""
         count = tg.config['DBSession'].query(sa.func.count(DemoRow.id)).scalar()
         base = tg.request.script_name
-        recent = [progress_snippet(s.id, f'{base}/asyncjob', include_assets=False)
+        recent = [Markup('<h3><a href="{base}/asyncjob/progress/{id}"><code>{short}</code></a> '
+                         '{name}</h3>\n').format(base=base, id=s.id, short=s.id[:12],
+                                                  name=(s.name or '').rsplit('.', 1)[-1])
+                  + progress_snippet(s.id, f'{base}/asyncjob', include_assets=False)
                   for s in current_queue().recent(5)]
         tg.response.headers['Cache-Control'] = 'no-store'
         return str(_INDEX.format(base=base, rows=count, max_rows=MAX_ROWS, max_delay=MAX_DELAY,

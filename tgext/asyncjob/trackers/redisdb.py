@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..errors import TrackerUnavailable
 from .base import ProgressTracker, check_progress_value, progress_from_record
@@ -35,6 +37,12 @@ class RedisProgressTracker(ProgressTracker):
     ``client``. ``timeout`` is how long a queued or running job's key lives without a
     write; ``retention`` how long a finished job is kept. Progress data is JSON, at most
     ``max_data_bytes`` once encoded.
+
+    ``retry`` is redis-py's retry policy for the client made here: by default one
+    immediate retry, enough to replace a connection that a Redis restart closed, so an
+    outage costs each call about one connection attempt (redis-py's own default, ten
+    retries with backoff, would hold every job step for seconds). ``socket_timeout``
+    bounds each attempt against an unresponsive host.
     """
 
     supports_listing = True
@@ -43,9 +51,10 @@ class RedisProgressTracker(ProgressTracker):
                  timeout: int = 3600, *, url: str | None = None,
                  client: redis.Redis | None = None, retention: int | None = None,
                  prefix: str = 'asyncjob:', max_data_bytes: int = 65536,
-                 socket_timeout: float = 5.0):
+                 socket_timeout: float = 5.0, retry: Retry | None = None):
         if client is None:
-            options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+            options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                           retry=retry if retry is not None else Retry(NoBackoff(), 1))
             client = (redis.Redis.from_url(url, **options) if url
                       else redis.Redis(host=host, port=port, db=db, **options))
         self.redis = client

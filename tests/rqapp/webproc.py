@@ -1,0 +1,27 @@
+"""A short-lived web process: ``python -m rqapp.webproc app.ini N``.
+
+Loads the application from the .ini (PasteDeploy), queues ``N`` ``write_row`` jobs
+through WebTest requests, prints their ids as one JSON line, then kills itself
+with SIGKILL (no atexit, no clean shutdown): what it queued must survive it.
+"""
+
+import json
+import os
+import signal
+import sys
+
+import webtest
+from paste.deploy import loadapp
+
+
+def main(ini, count):
+    app = webtest.TestApp(loadapp("config:%s" % os.path.abspath(ini)))
+    ids = [app.get("/queue", params={"name": "durable-%d" % i}).json["jobid"]
+           for i in range(count)]
+    sys.stdout.write(json.dumps(ids) + "\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

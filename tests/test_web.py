@@ -1,0 +1,433 @@
+"""The web layer (tgext.asyncjob.web) through WebTest: the JSON status endpoint, the
+progress page, the job list and its access rule, static files, mounting, and the demo."""
+
+import threading
+
+import pytest
+import webtest
+from markupsafe import Markup
+
+from services import wait_for
+from sampleapp.controllers.root import RootController
+
+from tgext.asyncjob import JobState, JobStatus
+from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
+from tgext.asyncjob.web import (AsyncJobController, mount, mount_from_config, percent_of,
+                                progress_snippet)
+
+JOB_TIMEOUT = 10
+
+
+class WebRoot(RootController):
+    """The sample app with the job pages mounted by hand."""
+
+    asyncjob = AsyncJobController()
+
+
+@pytest.fixture
+def web_app(make_app, sqlite_db_url):
+    """``web_app(**extra_config)``: a plugged sample app with /asyncjob mounted by hand."""
+
+    def build(plug_options=None, **extra_config):
+        return make_app(sqlite_db_url, root=WebRoot, plug_options=plug_options,
+                        extra_config=extra_config)
+
+    return build
+
+
+@pytest.fixture
+def gate():
+    """An event jobs wait on; always opened at teardown so queues can stop."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def queue_of(app):
+    return app.app_globals.asyncjob_queue
+
+
+def finished(app, jobid):
+    status = queue_of(app).wait(jobid, JOB_TIMEOUT)
+    assert status.finished, status
+    return status
+
+
+def status_json(app, jobid, status=200):
+    return app.get("/asyncjob/status/%s.json" % jobid, status=status).json
+
+
+def boom():
+    raise ValueError("it went wrong <on purpose>")
+
+
+# ------------------------------------------------------------ JSON, each state
+
+def test_status_queued_running_succeeded(web_app, gate):
+    app = web_app()
+    started = threading.Event()
+
+    def blocker():
+        from tgext.asyncjob import asyncjob_set_progress
+        asyncjob_set_progress(42, {"message": "halfway-ish"})
+        started.set()
+        gate.wait(JOB_TIMEOUT)
+        return {"answer": 42}
+
+    running_id = queue_of(app).perform(blocker)
+    queued_id = queue_of(app).perform(lambda: "second")
+    assert started.wait(JOB_TIMEOUT)
+
+    running = status_json(app, running_id)
+    assert running["state"] == "running"
+    assert running["progress"] == 42 and running["percent"] == 42
+    assert running["data"] == {"message": "halfway-ish"}
+    assert running["finished"] is False
+
+    queued = status_json(app, queued_id)
+    assert queued["state"] == "queued" and queued["percent"] == 0
+
+    gate.set()
+    finished(app, running_id)
+    done = status_json(app, running_id)
+    assert done["state"] == "succeeded"
+    assert done["result"] == {"answer": 42}
+    assert done["percent"] == 100 and done["finished"] is True
+    assert status_json(app, queued_id)["state"] == "succeeded"
+
+
+def test_status_json_headers(web_app):
+    app = web_app()
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    response = app.get("/asyncjob/status/%s.json" % jobid)
+    assert response.content_type == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_status_not_found_is_404_with_json(web_app):
+    app = web_app()
+    body = status_json(app, "0" * 32, status=404)
+    assert body["state"] == "not_found"
+    assert body["id"] == "0" * 32
+
+
+def test_status_failed_hides_traceback_by_default(web_app):
+    app = web_app()
+    jobid = queue_of(app).perform(boom)
+    finished(app, jobid)
+    body = status_json(app, jobid)
+    assert body["state"] == "failed"
+    assert body["error"]["type"] == "ValueError"
+    assert body["error"]["message"] == "it went wrong <on purpose>"
+    assert "traceback" not in body["error"]
+
+
+def test_status_failed_shows_traceback_in_debug(web_app):
+    app = web_app(debug=True)
+    jobid = queue_of(app).perform(boom)
+    finished(app, jobid)
+    error = status_json(app, jobid)["error"]
+    assert "Traceback (most recent call last)" in error["traceback"]
+    assert "ValueError: it went wrong" in error["traceback"]
+
+
+@pytest.mark.parametrize("rule, debug, shown", [
+    (lambda: True, False, True),      # a predicate opens it without debug
+    (lambda: False, True, False),     # ... and closes it even in debug
+    ("true", False, True),            # .ini strings
+    (False, True, False),
+    (lambda: 1 / 0, True, False),     # a failing predicate denies
+])
+def test_traceback_rule(web_app, rule, debug, shown):
+    app = web_app(debug=debug, **{"asyncjob.show_tracebacks": rule})
+    jobid = queue_of(app).perform(boom)
+    finished(app, jobid)
+    assert ("traceback" in status_json(app, jobid)["error"]) is shown
+
+
+def test_status_cancelled(web_app, gate):
+    app = web_app()
+    started = threading.Event()
+
+    def blocker():
+        started.set()
+        gate.wait(JOB_TIMEOUT)
+
+    first = queue_of(app).perform(blocker)
+    victim = queue_of(app).perform(lambda: "never")
+    assert started.wait(JOB_TIMEOUT)
+    assert queue_of(app).cancel(victim)
+    body = status_json(app, victim)
+    assert body["state"] == "cancelled"
+    assert body["finished"] is True
+    gate.set()
+    finished(app, first)
+
+
+class LegacyTracker(object):
+    """A 0.3-style tracker: the four methods, and nothing kept once a job ends."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def track(self, entryid):
+        self.entries[entryid] = (-1, None)
+
+    def remove(self, entryid):
+        self.entries.pop(entryid, None)
+
+    def set_progress(self, entryid, value, message):
+        self.entries[entryid] = (value, message)
+
+    def get_progress(self, entryid):
+        return self.entries.get(entryid)
+
+
+def test_status_unknown_with_a_legacy_tracker(web_app):
+    app = web_app(plug_options={"progress_tracker": LegacyTracker()})
+    jobid = queue_of(app).perform(lambda: None)
+    wait_for(lambda: not queue_of(app).tracker.entries, JOB_TIMEOUT,
+             message="the legacy tracker still tracks the job")
+    body = status_json(app, jobid)
+    assert body["state"] == "unknown"
+    assert body["percent"] is None
+
+
+def test_tracker_outage_is_503(web_app, redis_server):
+    tracker = RedisProgressTracker(url=redis_server.url, socket_timeout=2)
+    app = web_app(debug=True, plug_options={"progress_tracker": tracker})
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    assert status_json(app, jobid)["state"] == "succeeded"
+    redis_server.stop()
+    response = app.get("/asyncjob/status/%s.json" % jobid, status=503)
+    assert response.json["state"] == "unknown"
+    assert response.headers["Retry-After"]
+    app.get("/asyncjob/progress/%s" % jobid, status=503)
+    app.get("/asyncjob/jobs", status=503)
+
+
+# ------------------------------------------------------------ progress page
+
+def test_progress_page(web_app):
+    app = web_app()
+    jobid = queue_of(app).perform(boom)
+    finished(app, jobid)
+    page = app.get("/asyncjob/progress/%s" % jobid)
+    assert page.content_type == "text/html"
+    widget = page.html.select_one("[data-asyncjob-status]")
+    assert widget["data-asyncjob-status"] == "/asyncjob/status/%s.json" % jobid
+    assert widget["data-state"] == "failed"
+    assert page.html.select_one('script[src="/asyncjob/static/asyncjob.js"]') is not None
+    assert page.html.select_one('link[href="/asyncjob/static/asyncjob.css"]') is not None
+    bar = page.html.select_one('[role="progressbar"]')
+    assert bar["aria-valuemin"] == "0" and bar["aria-valuemax"] == "100"
+    # Server-rendered final state, escaped; no traceback outside debug.
+    assert page.html.select_one(".asyncjob-state").text == "Failed"
+    assert "it went wrong <on purpose>" in page.html.select_one(".asyncjob-error").text
+    assert "<on purpose>" not in page.text
+    assert page.html.select_one(".asyncjob-traceback").has_attr("hidden")
+
+
+def test_progress_page_of_unknown_job_is_404(web_app):
+    app = web_app()
+    page = app.get("/asyncjob/progress/nosuchjob", status=404)
+    assert page.html.select_one("[data-asyncjob-status]")["data-state"] == "not_found"
+
+
+def test_progress_page_escapes_the_id(web_app):
+    app = web_app()
+    page = app.get("/asyncjob/progress/%3Cscript%3Ealert(1)%3C%2Fscript%3E", status=404)
+    assert "<script>alert(1)" not in page.text
+
+
+def test_progress_snippet():
+    html = progress_snippet("abc123", mount="/jobs/")
+    assert isinstance(html, Markup)
+    assert 'data-asyncjob-status="/jobs/status/abc123.json"' in html
+    assert 'src="/jobs/static/asyncjob.js"' in html
+    bare = progress_snippet('"><b>x', include_assets=False)
+    assert "<script" not in bare and "<b>" not in bare
+
+
+def test_percent_of():
+    def st(state, progress=None, data=None):
+        return JobStatus(id="x", state=JobState(state), progress=progress, data=data)
+
+    assert percent_of(st("running", 250)) == 100
+    assert percent_of(st("running", -5)) == 0
+    assert percent_of(st("running", 7, {"done": 3, "total": 4})) == 75
+    assert percent_of(st("running", 7, {"done": 3, "total": 0})) == 7
+    assert percent_of(st("queued")) == 0
+    assert percent_of(st("succeeded", 10)) == 100
+    assert percent_of(st("unknown")) is None
+
+
+# ------------------------------------------------------------ static files
+
+def test_static_files(web_app):
+    app = web_app()
+    js = app.get("/asyncjob/static/asyncjob.js")
+    assert js.content_type == "text/javascript"
+    assert "data-asyncjob-status" in js.text
+    css = app.get("/asyncjob/static/asyncjob.css")
+    assert css.content_type == "text/css"
+    assert app.get("/asyncjob/static/asyncjob.js",
+                   headers={"If-None-Match": js.headers["ETag"]}, status=304)
+    app.get("/asyncjob/static/web.py", status=404)
+    app.get("/asyncjob/static/..%2Fweb.py", status=404)
+    app.get("/asyncjob/static/asyncjob.js/extra", status=404)
+
+
+# ------------------------------------------------------------ job list
+
+def test_jobs_page_denied_by_default(web_app):
+    app = web_app()
+    page = app.get("/asyncjob/jobs", status=403)
+    assert "asyncjob.jobs_access" in page.text
+    app.get("/asyncjob/jobs.json", status=403)
+
+
+def test_jobs_page_in_debug_with_memory_tracker(web_app):
+    app = web_app(debug=True)
+    ok = queue_of(app).perform(lambda: 1)
+    bad = queue_of(app).perform(boom)
+    finished(app, ok)
+    finished(app, bad)
+    page = app.get("/asyncjob/jobs")
+    rows = page.html.select("table.asyncjob-jobs tbody tr")
+    assert [row["data-state"] for row in rows] == ["failed", "succeeded"]
+    assert rows[0].select_one("a")["href"] == "/asyncjob/progress/%s" % bad
+    assert "it went wrong" in rows[0].text
+    listing = app.get("/asyncjob/jobs.json", params={"limit": "1"}).json
+    assert [job["id"] for job in listing["jobs"]] == [bad]
+    assert "traceback" not in listing["jobs"][0]["error"]
+
+
+def test_jobs_page_with_redis_tracker(web_app, redis_url, redis_client):
+    tracker = RedisProgressTracker(url=redis_url)
+    app = web_app(debug=True, plug_options={"progress_tracker": tracker})
+    ids = [queue_of(app).perform(lambda: "ok") for _ in range(3)]
+    for jobid in ids:
+        finished(app, jobid)
+    listing = app.get("/asyncjob/jobs.json").json["jobs"]
+    assert {job["id"] for job in listing} == set(ids)
+    assert {job["state"] for job in listing} == {"succeeded"}
+    page = app.get("/asyncjob/jobs")
+    assert len(page.html.select("table.asyncjob-jobs tbody tr")) == 3
+
+
+def test_jobs_access_predicate(web_app):
+    allowed = {"value": False}
+    app = web_app(**{"asyncjob.jobs_access": lambda: allowed["value"]})
+    app.get("/asyncjob/jobs", status=403)
+    allowed["value"] = True
+    assert "No jobs yet" in app.get("/asyncjob/jobs").text
+
+
+def test_jobs_page_without_listing_is_501(web_app):
+    app = web_app(debug=True, plug_options={"progress_tracker": LegacyTracker()})
+    app.get("/asyncjob/jobs", status=501)
+
+
+# ------------------------------------------------------------ mounting
+
+def test_mount_from_config_on_a_plugged_app(_apps, sqlite_db_url):
+    """What tgwiring's component does when plugged: mount at environment load."""
+    from tg.configurator.base import (ConfigurationComponent,
+                                      EnvironmentLoadedConfigurationAction)
+    from tgext.pluggable import plug
+    from sampleapp.config import SampleTestApp, create_tables, make_base_config
+    import tg
+
+    class MountComponent(ConfigurationComponent):
+        id = "asyncjob-web-test"
+
+        def get_actions(self):
+            return (EnvironmentLoadedConfigurationAction(
+                lambda conf, app: mount_from_config(conf)),)
+
+    _apps.built = True
+    base_config = make_base_config(sqlite_db_url)
+    plug(base_config, "tgext.asyncjob")
+    base_config.register(MountComponent)
+    create_tables(sqlite_db_url)
+    wsgi = base_config.make_wsgi_app()
+    app = SampleTestApp(wsgi, conf=tg.config._current_obj(), configurator=base_config,
+                        enable="plug")
+    _apps.add(app)
+    root = app.config["tg.root_controller"]
+    assert isinstance(root.asyncjob, AsyncJobController)
+    assert "asyncjob" not in vars(RootController)  # the instance, not the shared class
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    assert status_json(app, jobid)["state"] == "succeeded"
+
+
+def test_mount_rules():
+    class Root(object):
+        pass
+
+    controller = mount(Root)
+    assert Root.asyncjob is controller
+    assert mount(Root) is controller          # idempotent
+    assert mount(WebRoot()) is WebRoot.asyncjob  # mounted by hand: left alone
+    Root.taken = object()
+    with pytest.raises(ValueError):
+        mount(Root, "taken")
+    assert mount_from_config({"asyncjob.mount": "false"}) is None
+
+
+# ------------------------------------------------------------ demo app
+
+@pytest.fixture
+def demo(_apps, sqlite_db_url):
+    from tgext.asyncjob.demo import build_demo
+    _apps.built = True
+    built = build_demo(sqlite_db_url)
+    _apps.add(built)
+    return built
+
+
+def test_demo_app_runs_jobs(demo):
+    app = webtest.TestApp(demo.wsgi_app)
+    index = app.get("/")
+    assert index.html.select_one("form[action='/start']") is not None
+    assert index.html.select_one("a[href='/asyncjob/jobs']") is not None
+    app.get("/start", status=405)
+    app.post("/start", {"rows": "0", "delay": "0"}, status=400)
+
+    started = app.post("/start", {"rows": "5", "delay": "0"}, status=303)
+    jobid = started.location.rsplit("/", 1)[1]
+    assert started.location.endswith("/asyncjob/progress/%s" % jobid)
+    status = demo.app_globals.asyncjob_queue.wait(jobid, JOB_TIMEOUT)
+    assert status.state is JobState.SUCCEEDED and status.result == {"rows": 5}
+    assert status_json(app, jobid)["percent"] == 100
+    assert "5 row(s) in the table" in app.get("/").text
+
+    failed = app.post("/fail", status=303)
+    bad = failed.location.rsplit("/", 1)[1]
+    status = demo.app_globals.asyncjob_queue.wait(bad, JOB_TIMEOUT)
+    assert status.state is JobState.FAILED
+    assert "5 row(s) in the table" in app.get("/").text  # its rows were rolled back
+    assert app.get("/asyncjob/jobs").status_int == 200   # demo runs in debug
+    # The index embeds progress_snippet() for recent jobs.
+    assert len(app.get("/").html.select("[data-asyncjob-status]")) == 2
+
+
+def test_make_demo_app_returns_wsgi(_apps, sqlite_db_url):
+    from tgext.asyncjob.demo import make_demo_app
+    _apps.built = True
+    wsgi = make_demo_app(sqlite_db_url, workers=2)
+    import tg
+    conf = tg.config._current_obj()
+
+    class Handle(object):
+        app_globals = conf["tg.app_globals"]
+        engine = app_globals.sa_engine
+        dbsession = conf["DBSession"]
+
+    _apps.add(Handle)
+    assert Handle.app_globals.asyncjob_queue.workers == 2
+    assert webtest.TestApp(wsgi).get("/").status_int == 200
