@@ -43,6 +43,14 @@ def demo_url(_apps, tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(10)
+        _forget_config(demo.conf)
+
+
+def _forget_config(conf):
+    # Building made the demo's config the process config; later tests that look up
+    # "the current application" must not find this one (its queue will be stopped).
+    import tg
+    tg.config.pop_process_config(conf)
 
 
 @pytest.fixture

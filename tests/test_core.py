@@ -145,6 +145,7 @@ def test_a_job_can_queue_another_job(queue):
 def test_perform_without_a_worker_raises_a_clear_error(monkeypatch):
     from tgext.asyncjob import tgwiring
     monkeypatch.setattr(tgwiring, '_default_queue', None)
+    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
     with pytest.raises(asyncjob.NoWorkerError, match='start_async_worker'):
         asyncjob_perform(print)
 

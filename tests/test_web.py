@@ -387,7 +387,15 @@ def demo(_apps, sqlite_db_url):
     _apps.built = True
     built = build_demo(sqlite_db_url)
     _apps.add(built)
-    return built
+    yield built
+    forget_config(built.conf)
+
+
+def forget_config(conf):
+    # Building made the demo's config the process config; later tests that look up
+    # "the current application" must not find this one (its queue will be stopped).
+    import tg
+    tg.config.pop_process_config(conf)
 
 
 def test_demo_app_runs_jobs(demo):
@@ -429,5 +437,19 @@ def test_make_demo_app_returns_wsgi(_apps, sqlite_db_url):
         dbsession = conf["DBSession"]
 
     _apps.add(Handle)
-    assert Handle.app_globals.asyncjob_queue.workers == 2
-    assert webtest.TestApp(wsgi).get("/").status_int == 200
+    try:
+        assert Handle.app_globals.asyncjob_queue.workers == 2
+        assert webtest.TestApp(wsgi).get("/").status_int == 200
+    finally:
+        forget_config(conf)
+
+
+def test_plugging_mounts_the_status_controller(make_app, sqlite_db_url):
+    """plug() alone serves <root>/asyncjob/status/<id>.json (mounted by tgwiring)."""
+    app = make_app(sqlite_db_url, enable='plug')
+    q = app.app_globals.asyncjob_queue
+    jobid = q.perform(int, ('7',))
+    q.wait(jobid, 10)
+    answer = app.get(f'/asyncjob/status/{jobid}.json').json
+    assert answer['state'] == 'succeeded' and answer['result'] == 7
+    app.get('/asyncjob/status/0123456789abcdef0123456789abcdef.json', status=404)

@@ -181,6 +181,8 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
         if given is not None and given is not app_globals:
             # 0.3 let plug() name the globals object that holds the queue.
             given.asyncjob_queue = q
+        from .web import mount_from_config
+        mount_from_config(conf)
 
 
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:

@@ -203,6 +203,17 @@ class DemoApp:
         return self.model.DBSession
 
 
+def _renderers() -> list[str]:
+    """The demo renders no template, but TurboGears resolves the ``@expose`` of every
+    controller imported so far when the first app of a process is built: other
+    controllers' Kajiki templates must find Kajiki enabled (as in a quickstart)."""
+    try:
+        import kajiki  # noqa: F401
+    except ImportError:
+        return ['json']
+    return ['json', 'kajiki']
+
+
 def build_demo(db_url: str, tracker: Any = None, *, debug: bool = True, use_plug: bool = True,
                extra_config: dict[str, Any] | None = None, **options: Any) -> DemoApp:
     """Build a demo application on ``db_url``; its tables are created if missing.
@@ -224,7 +235,7 @@ def build_demo(db_url: str, tracker: Any = None, *, debug: bool = True, use_plug
         'root_controller': DemoRootController(),
         'app_globals': Globals,
         'helpers': types.SimpleNamespace(),  # tgext.pluggable adds to it
-        'renderers': ['json'],
+        'renderers': _renderers(),
         'default_renderer': 'json',
         'use_sqlalchemy': True,
         'sqlalchemy.url': db_url,
