@@ -213,9 +213,6 @@ def test_public_stop_and_perform_afterwards(started):
         q.perform(ran.append, (2,))
 
 
-@pytest.mark.xfail(strict=True, raises=tgext.asyncjob.NoWorkerError,
-                   reason='tgwiring.current_queue skips a stopped default queue, so '
-                          'asyncjob_perform says NoWorkerError (see the report\'s diff)')
 def test_asyncjob_perform_after_stop_raises_queue_stopped(started):
     started()
     tgext.asyncjob.stop(timeout=10)

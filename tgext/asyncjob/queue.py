@@ -98,6 +98,7 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._stopped = False
         self._tracker_down = False
+        self._tracker_lock = threading.Lock()
         self._finished = threading.Condition()
         self._waiters = 0
         self.backend = self._make_backend(backend, backend_options or {})
@@ -176,6 +177,8 @@ class JobQueue:
         """A delayed job is due (called by the scheduler thread)."""
         try:
             self.backend.enqueue(job)
+        except QueueStopped:
+            pass  # the backend already reported it
         except Exception as exc:
             log.exception('asyncjob %s (%s): could not hand over a due job', job.id, job.func_name)
             self.finished(job, JobState.FAILED, error=JobError.from_exception(exc))
@@ -222,13 +225,16 @@ class JobQueue:
         try:
             result = call(*args)
         except TrackerUnavailable as exc:
-            if not self._tracker_down:
-                self._tracker_down = True
+            with self._tracker_lock:
+                first, self._tracker_down = not self._tracker_down, True
+            if first:
                 log.warning('asyncjob tracker unavailable, jobs keep running untracked: %s', exc)
             return None
         if self._tracker_down:
-            self._tracker_down = False
-            log.warning('asyncjob tracker is reachable again')
+            with self._tracker_lock:
+                back, self._tracker_down = self._tracker_down, False
+            if back:
+                log.warning('asyncjob tracker is reachable again')
         return result
 
     def set_progress(self, value: int, data: Any = None) -> None:
@@ -367,6 +373,7 @@ class JobQueue:
         # The child must not run the parent's queued jobs (the parent does): start empty.
         self._jobs = {}
         self._finished = threading.Condition()
+        self._tracker_lock = threading.Lock()
         self._waiters = 0
         if self._scheduler is not None:
             self._scheduler.after_fork()

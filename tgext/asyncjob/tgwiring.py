@@ -143,6 +143,8 @@ def current_queue() -> JobQueue:
         return _default_queue
     if q is not None:
         return q  # stopped: its perform() says so
+    if _default_queue is not None:
+        return _default_queue  # stopped: its perform() says so
     raise NoWorkerError('no asyncjob worker is running: plug tgext.asyncjob or call '
                         'start_async_worker() first')
 
