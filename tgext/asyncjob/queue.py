@@ -32,13 +32,13 @@ def running_queue() -> JobQueue | None:
     return getattr(_running, 'queue', None)
 
 
-def _eta(delay: float | None, at: float | None) -> float | None:
+def _eta(delay: float | None, at: float | None, now: float) -> float | None:
     if delay is not None and at is not None:
         raise TypeError('give delay or at, not both')
     if delay is not None:
         if not isinstance(delay, (int, float)) or delay < 0:
             raise ValueError(f'delay must be a number of seconds >= 0, got {delay!r}')
-        return time.time() + delay
+        return now + delay
     if at is not None:
         if hasattr(at, 'timestamp'):
             at = at.timestamp()
@@ -134,8 +134,8 @@ class JobQueue:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
-        eta = _eta(delay, at)
-        job = Job(func, args, kwargs or {}, eta=eta, retry=retry)
+        job = Job(func, args, kwargs or {}, retry=retry)
+        eta = job.eta = _eta(delay, at, job.enqueued_at)
         check = getattr(self.backend, 'check', None)
         if check is not None:
             check(job)  # e.g. rq: an importable callable, serialisable arguments
