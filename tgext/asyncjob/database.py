@@ -11,8 +11,10 @@ from typing import Any, Callable
 import transaction
 
 
-def run_in_transaction(func: Callable[[], Any], attempts: int = 1) -> Any:
-    """Call ``func`` in a fresh transaction: commit if it returns, abort if it raises.
+def run_in_transaction(func: Callable[..., Any], args: tuple = (),
+                       kwargs: dict[str, Any] | None = None, attempts: int = 1) -> Any:
+    """Call ``func(*args, **kwargs)`` in a fresh transaction: commit if it returns,
+    abort if it raises (anything, ``SystemExit`` included) and re-raise.
 
     Up to ``attempts`` tries when the error is one the ``transaction`` package calls
     retryable (``TransientError``, or a data manager's ``should_retry``: zope.sqlalchemy
@@ -20,9 +22,19 @@ def run_in_transaction(func: Callable[[], Any], attempts: int = 1) -> Any:
     as TurboGears' ``tm.attempts`` does for requests.
     """
     manager = transaction.manager
-    for attempt in manager.attempts(max(int(attempts), 1)):
+    kwargs = kwargs or {}
+    if attempts <= 1:  # the common case, without the attempts() machinery
+        manager.begin()
+        try:
+            result = func(*args, **kwargs)
+            manager.commit()
+        except BaseException:
+            manager.abort()
+            raise
+        return result
+    for attempt in manager.attempts(int(attempts)):
         with attempt:
-            result = func()
+            result = func(*args, **kwargs)
     return result
 
 

@@ -3,18 +3,51 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import os
+import threading
 import time
 from typing import Any, Callable
 
 
-def new_job_id() -> str:
-    """A 128-bit random id: unguessable, unique across processes, and fork-safe.
+_IDS_PER_BLOCK = 256
+_counter = itertools.count()
+_block: tuple[int, bytes] = (-1, b'')
+_block_lock = threading.Lock()
 
-    ``os.urandom`` reads the kernel's generator, so a forked child never repeats its
-    parent's ids (a buffered or seeded generator would).
+
+def _forget_random_after_fork() -> None:
+    # A child must never hand out ids its parent still holds in its buffer.
+    global _counter, _block, _block_lock
+    _counter, _block, _block_lock = itertools.count(), (-1, b''), threading.Lock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forget_random_after_fork)
+
+
+def new_job_id() -> str:
+    """A 128-bit id from the kernel's CSPRNG (``os.urandom``): unguessable, unique
+    across processes, carrying no MAC address or clock.
+
+    Random bytes are read 4 KiB at a time, one block per 256 ids; ``next()`` on the
+    counter is atomic, so each id's slice of a block belongs to one caller only. A
+    caller that finds the block already replaced by a newer one reads its own 16
+    bytes instead, and a forked child starts with none of its parent's bytes.
     """
-    return os.urandom(16).hex()
+    global _block
+    generation, slot = divmod(next(_counter), _IDS_PER_BLOCK)
+    block = _block
+    if block[0] != generation:
+        if block[0] < generation:
+            with _block_lock:
+                if _block[0] < generation:
+                    _block = (generation, os.urandom(16 * _IDS_PER_BLOCK))
+                block = _block
+        if block[0] != generation:
+            return os.urandom(16).hex()
+    start = slot * 16
+    return block[1][start:start + 16].hex()
 
 
 def callable_name(func: Callable[..., Any]) -> str:

@@ -19,17 +19,23 @@ from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
 
-_running = threading.local()
+class _Running(threading.local):
+    # Class defaults: reading them on a thread that never ran a job raises nothing.
+    job: Job | None = None
+    queue: JobQueue | None = None
+
+
+_running = _Running()
 
 
 def running_job() -> Job | None:
     """The job the current thread is running, if any."""
-    return getattr(_running, 'job', None)
+    return _running.job
 
 
 def running_queue() -> JobQueue | None:
     """The queue whose job the current thread is running, if any."""
-    return getattr(_running, 'queue', None)
+    return _running.queue
 
 
 def _eta(delay: float | None, at: float | None, now: float) -> float | None:
@@ -102,6 +108,7 @@ class JobQueue:
         self._finished = threading.Condition()
         self._waiters = 0
         self.backend = self._make_backend(backend, backend_options or {})
+        self._backend_check = getattr(self.backend, 'check', None)
         _QUEUES.add(self)
 
     def _make_backend(self, backend: Any, options: dict[str, Any]) -> Any:
@@ -135,18 +142,24 @@ class JobQueue:
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
         job = Job(func, args, kwargs or {}, retry=retry)
-        eta = job.eta = _eta(delay, at, job.enqueued_at)
-        check = getattr(self.backend, 'check', None)
-        if check is not None:
-            check(job)  # e.g. rq: an importable callable, serialisable arguments
         record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
-        if eta is not None:
-            record['eta'] = eta
-        txn = _open_transaction() if (self.enqueue_on_commit if on_commit is None
-                                      else on_commit) else None
-        if txn is not None:
-            record['detail'] = 'waiting for the transaction that queued it to commit'
-        self._guard(self.store.track, job.id, record)
+        if delay is not None or at is not None:
+            record['eta'] = job.eta = _eta(delay, at, job.enqueued_at)
+        if self._backend_check is not None:
+            self._backend_check(job)  # e.g. rq: an importable callable, picklable arguments
+        txn = None
+        if on_commit or (on_commit is None and self.enqueue_on_commit):
+            txn = _open_transaction()
+            if txn is not None:
+                record['detail'] = 'waiting for the transaction that queued it to commit'
+        # The request path: _guard() inlined.
+        try:
+            self.store.track(job.id, record)
+        except TrackerUnavailable as exc:
+            self._tracker_failed(exc)
+        else:
+            if self._tracker_down:
+                self._tracker_back()
         if self.hooks:
             self.hooks.emit('enqueued', job)
         if txn is not None:
@@ -225,17 +238,23 @@ class JobQueue:
         try:
             result = call(*args)
         except TrackerUnavailable as exc:
-            with self._tracker_lock:
-                first, self._tracker_down = not self._tracker_down, True
-            if first:
-                log.warning('asyncjob tracker unavailable, jobs keep running untracked: %s', exc)
+            self._tracker_failed(exc)
             return None
         if self._tracker_down:
-            with self._tracker_lock:
-                back, self._tracker_down = self._tracker_down, False
-            if back:
-                log.warning('asyncjob tracker is reachable again')
+            self._tracker_back()
         return result
+
+    def _tracker_failed(self, exc: TrackerUnavailable) -> None:
+        with self._tracker_lock:
+            first, self._tracker_down = not self._tracker_down, True
+        if first:
+            log.warning('asyncjob tracker unavailable, jobs keep running untracked: %s', exc)
+
+    def _tracker_back(self) -> None:
+        with self._tracker_lock:
+            back, self._tracker_down = self._tracker_down, False
+        if back:
+            log.warning('asyncjob tracker is reachable again')
 
     def set_progress(self, value: int, data: Any = None) -> None:
         """Record the running job's progress (see ``asyncjob_set_progress``)."""

@@ -4,7 +4,6 @@ if a thread dies anyway, the watchdog replaces it and fails the job it held.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import queue as stdqueue
 import threading
@@ -30,8 +29,7 @@ def run_job(q: JobQueue, job: Job) -> None:
     q.started(job)
     enter_job(q, job)
     try:
-        result = run_in_transaction(functools.partial(job.func, *job.args, **job.kwargs),
-                                    q.attempts)
+        result = run_in_transaction(job.func, job.args, job.kwargs, q.attempts)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the worker
         leave_job()
         error = JobError.from_exception(exc)

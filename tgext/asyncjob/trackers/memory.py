@@ -30,8 +30,8 @@ class MemoryProgressTracker(ProgressTracker):
         self._lock = threading.Lock()
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
-        """Start tracking a queued job."""
-        self._live[entryid] = dict(record) if record else {'state': 'queued'}
+        """Start tracking a queued job. ``record`` is kept as is, not copied."""
+        self._live[entryid] = record if record is not None else {'state': 'queued'}
 
     def remove(self, entryid: str) -> None:
         """Forget a job, live or finished."""
