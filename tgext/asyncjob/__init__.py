@@ -12,7 +12,7 @@ from .database import asyncjob_timed_query
 from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError, QueueFull,
                      QueueStopped, TrackerUnavailable)
 from .job import JobError, JobState, JobStatus
-from .queue import JobQueue, running_job
+from .queue import JobQueue, running_job, running_queue
 from .retry import Retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
 
@@ -75,11 +75,11 @@ def asyncjob_set_progress(value: int, data: Any = None) -> None:
     Raises :class:`NotInJobError` outside a job, ``TypeError`` for a non-int value or
     data the tracker cannot store. A tracker outage is logged, never raised.
     """
-    job = running_job()
-    if job is None:
+    q = running_queue()
+    if q is None:
         raise NotInJobError('asyncjob_set_progress() called outside a job: it sets the '
                             'progress of the job running in the current thread')
-    current_queue().set_progress(value, data)
+    q.set_progress(value, data)
 
 
 def asyncjob_get_progress(jobid: str) -> tuple[int, Any] | None:

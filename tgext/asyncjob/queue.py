@@ -262,10 +262,7 @@ class JobQueue:
         if job is None:
             raise NotInJobError('asyncjob_set_progress() called outside a job: it sets the '
                                 'progress of the job running in the current thread')
-        check_progress_value(value)
-        check = getattr(self.store, 'check_data', None)
-        if check is not None:
-            check(value, data)
+        check_progress_value(value)  # built-in trackers also check data they cannot store
         self._guard(self.store.set_progress, job.id, value, data)
         if self.hooks:
             self.hooks.emit('progress', job, value, data)
