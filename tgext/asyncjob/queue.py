@@ -179,6 +179,7 @@ class JobQueue:
         try:
             if self.immediate:
                 self.backend.run_now(job)
+                self.flush_tracker()  # the caller sees the final state at once
             else:
                 self.backend.enqueue(job)
         except QueueFull:
@@ -210,6 +211,7 @@ class JobQueue:
         if not job.cancelled:
             job.cancelled = True
             self.finished(job, JobState.CANCELLED, detail=f'not run: {why}')
+            self.flush_tracker()
 
     @property
     def scheduler(self) -> Scheduler:
@@ -326,7 +328,7 @@ class JobQueue:
 
     # -- waiting, cancelling, stopping -------------------------------------------
 
-    def wait(self, jobid: str, timeout: float | None = None, poll: float = 0.1) -> JobStatus:
+    def wait(self, jobid: str, timeout: float | None = None, poll: float = 0.02) -> JobStatus:
         """Block until ``jobid`` is finished (or unknown), or ``timeout`` passes;
         return its status then. Jobs of other processes are polled every ``poll`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -355,6 +357,7 @@ class JobQueue:
         job.cancelled = True
         if job.started_at is None:
             self.finished(job, JobState.CANCELLED, detail='cancelled before it started')
+            self.flush_tracker()  # the caller reads the new state next
         return True
 
     @property
@@ -374,7 +377,16 @@ class JobQueue:
             for job in self._scheduler.stop():
                 self.report_unrun(job, 'it was still waiting for its start time')
                 unrun.append(job.id)
-        return unrun + self.backend.stop(timeout)
+        unrun += self.backend.stop(timeout)
+        self.flush_tracker()
+        return unrun
+
+    def flush_tracker(self) -> None:
+        """Send the tracker's buffered writes now, if it buffers any (see the Redis
+        tracker's ``write_behind``)."""
+        flush = getattr(self.store, 'flush', None)
+        if flush is not None:
+            self._guard(flush)
 
     def hold(self, job: Job) -> None:
         """Remember a job this process will run, so it can be cancelled. For backends."""

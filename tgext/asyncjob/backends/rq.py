@@ -205,6 +205,7 @@ class RQBackend:
         job = Job(_cancelled, (), {}, jobid=jobid)
         job.name = rq_job.description
         self.queue.finished(job, JobState.CANCELLED, detail='cancelled before it started')
+        self.queue.flush_tracker()
         rq_job.delete(remove_from_queue=True)
         return True
 
@@ -272,10 +273,14 @@ def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any]) -> No
         job.name = func_path.replace(':', '.')
         q.finished(job, JobState.FAILED, error=JobError.from_exception(exc),
                    detail='the worker could not import the callable')
+        q.flush_tracker()
         return
     job = Job(func, tuple(args), dict(kwargs), jobid=rq_job.id)
     job.name = func_path.replace(':', '.')
-    run_with_config(q, job, run_job)
+    try:
+        run_with_config(q, job, run_job)
+    finally:
+        q.flush_tracker()  # a forked work horse exits right after: send its writes now
 
 
 def mark_worker_died(rq_job: RQJob, why: str) -> None:
@@ -287,3 +292,4 @@ def mark_worker_died(rq_job: RQJob, why: str) -> None:
     job = Job(_cancelled, (), {}, jobid=rq_job.id)
     job.name = rq_job.description
     q.finished(job, JobState.FAILED, error=JobError('WorkerDied', why))
+    q.flush_tracker()

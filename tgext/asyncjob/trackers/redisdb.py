@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from ..errors import TrackerUnavailable
 from .base import ProgressTracker, check_progress_value, progress_from_record
+from .writebehind import WriteBehind
 
 _JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
 _JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
@@ -43,6 +44,12 @@ class RedisProgressTracker(ProgressTracker):
     outage costs each call about one connection attempt (redis-py's own default, ten
     retries with backoff, would hold every job step for seconds). ``socket_timeout``
     bounds each attempt against an unresponsive host.
+
+    ``write_behind`` (seconds, default 0.002; ``None`` to turn off): a job's start and
+    end are written by a background thread in batches, so that with a backlog many jobs
+    share one round trip. The caller's writes (enqueue, progress) stay synchronous; a
+    job's end is still written only after its commit, so ``None`` from
+    ``get_progress`` still means its writes are visible. :meth:`flush` sends what waits.
     """
 
     supports_listing = True
@@ -51,7 +58,8 @@ class RedisProgressTracker(ProgressTracker):
                  timeout: int = 3600, *, url: str | None = None,
                  client: redis.Redis | None = None, retention: int | None = None,
                  prefix: str = 'asyncjob:', max_data_bytes: int = 65536,
-                 socket_timeout: float = 5.0, retry: Retry | None = None):
+                 socket_timeout: float = 5.0, retry: Retry | None = None,
+                 write_behind: float | None = 0.002):
         if client is None:
             options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                            retry=retry if retry is not None else Retry(NoBackoff(), 1))
@@ -63,6 +71,8 @@ class RedisProgressTracker(ProgressTracker):
         self.prefix = prefix
         self.max_data_bytes = int(max_data_bytes)
         self._recent = f'{prefix}recent'
+        self._behind = WriteBehind(self._send_batch, write_behind) if write_behind else None
+        self._down = False
 
     def _key(self, entryid: str) -> str | None:
         if not isinstance(entryid, str) or not _JOB_ID.match(entryid):
@@ -70,19 +80,37 @@ class RedisProgressTracker(ProgressTracker):
         return f'{self.prefix}job:{entryid}'
 
     def _write(self, key: str, mapping: dict[str, str], ttl: int, *extra: Any) -> None:
+        self._send_batch([(key, mapping, ttl, extra)])
+
+    def _write_later(self, key: str, mapping: dict[str, str], ttl: int, *extra: Any) -> None:
+        if self._behind is None or self._down:
+            # In an outage, write now: the caller hears of it, and hears when it ends.
+            self._write(key, mapping, ttl, *extra)
+        else:
+            self._behind.add((key, mapping, ttl, extra))
+
+    def _send_batch(self, batch: list[tuple[str, dict[str, str], int, tuple[Any, ...]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, ttl)
-        for command in extra:
-            command(pipe)
+        for key, mapping, ttl, extra in batch:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, ttl)
+            for command in extra:
+                command(pipe)
         self._execute(pipe)
 
-    @staticmethod
-    def _execute(call: Any) -> Any:
+    def flush(self) -> None:
+        """Send the start and end writes still waiting in the write-behind buffer."""
+        if self._behind is not None:
+            self._behind.flush()
+
+    def _execute(self, call: Any) -> Any:
         try:
-            return call.execute() if hasattr(call, 'execute') else call()
+            result = call.execute() if hasattr(call, 'execute') else call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._down = True
             raise TrackerUnavailable(f'Redis is unreachable: {exc}') from exc
+        self._down = False
+        return result
 
     @staticmethod
     def _encode(fields: dict[str, Any]) -> dict[str, str]:
@@ -130,13 +158,13 @@ class RedisProgressTracker(ProgressTracker):
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """Merge fields into a live job's record."""
-        self._write(self._require_key(entryid), self._encode(fields), self.timeout)
+        self._write_later(self._require_key(entryid), self._encode(fields), self.timeout)
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
         """Store the final state for ``retention`` seconds; drop index entries past it."""
         cutoff = time.time() - self.retention
-        self._write(self._require_key(entryid), self._encode(fields), self.retention,
-                    lambda pipe: pipe.zremrangebyscore(self._recent, '-inf', cutoff))
+        self._write_later(self._require_key(entryid), self._encode(fields), self.retention,
+                          lambda pipe: pipe.zremrangebyscore(self._recent, '-inf', cutoff))
 
     def get_record(self, entryid: str) -> dict[str, Any] | None:
         """The job's record, or ``None`` if unknown, expired, or not one of our ids."""
