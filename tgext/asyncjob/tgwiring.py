@@ -100,7 +100,12 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
     Raises :class:`AlreadyStarted` if these globals already have a running queue.
     """
     global _default_queue
-    conf = options.pop('conf', None) or _current_conf()
+    conf = options.pop('conf', None)
+    if conf is None:
+        conf = _current_conf()
+        if (app_globals is not None and conf is not None
+                and conf.get('tg.app_globals') not in (None, app_globals)):
+            conf = None  # the configuration of another application: not these globals'
     if app_globals is None:
         app_globals = conf.get('tg.app_globals') if conf is not None else None
         if app_globals is None:
