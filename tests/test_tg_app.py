@@ -79,17 +79,24 @@ def test_plug_reads_ini_settings(make_app, sqlite_db_url, redis_url, redis_clien
 
 
 def test_plug_and_start_async_worker_together_is_refused(make_app, sqlite_db_url):
-    with pytest.raises(AlreadyStarted):
-        make_app(sqlite_db_url, enable='plug', globals_class=_self_starting_globals())
+    started = []
+    try:
+        with pytest.raises(AlreadyStarted):
+            make_app(sqlite_db_url, enable='plug', globals_class=_self_starting_globals(started))
+    finally:
+        for g in started:  # the app never got built: stop the queue its Globals started
+            g.asyncjob_queue.stop(5)
+    assert len(started) == 1
 
 
-def _self_starting_globals():
+def _self_starting_globals(started):
     from sampleapp.lib.app_globals import Globals
 
     class StartingGlobals(Globals):
         def __init__(self):
             super().__init__()
             tgext.asyncjob.start_async_worker(self)
+            started.append(self)
     return StartingGlobals
 
 

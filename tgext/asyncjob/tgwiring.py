@@ -38,9 +38,22 @@ _default_queue: JobQueue | None = None
 
 
 def _current_conf() -> Mapping[str, Any] | None:
+    """This thread's TurboGears configuration, else the process's, else ``None``."""
+    configs = _thread_stack(tg_config)
+    if configs:
+        return configs[-1][0]  # thread configs are stacked as (conf, preserved)
+    configs = tg_config.__dict__.get('_process_configs')
+    return configs[-1] if configs else None
+
+
+def _thread_stack(proxy: Any) -> list[Any] | None:
+    # The objects a TurboGears StackedObjectProxy holds for this thread, read without
+    # its _current_obj(), which raises (slowly) on every thread that has none: this is
+    # on the path of every asyncjob_perform.
     try:
-        return tg_config._current_obj()
-    except (AttributeError, TypeError):
+        # A thread-local's __dict__ is this thread's: no AttributeError raised and caught.
+        return proxy.__dict__['____local__'].__dict__.get('objects')
+    except KeyError:  # pragma: no cover
         return None
 
 
@@ -130,20 +143,9 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
     return q
 
 
-def _thread_stack(proxy: Any) -> list[Any] | None:
-    # The objects a TurboGears StackedObjectProxy holds for this thread, read without
-    # its _current_obj(), which raises (slowly) on every thread that has none: this is
-    # on the path of every asyncjob_perform.
-    try:
-        # A thread-local's __dict__ is this thread's: no AttributeError raised and caught.
-        return proxy.__dict__['____local__'].__dict__.get('objects')
-    except KeyError:  # pragma: no cover
-        return None
-
-
 def current_queue() -> JobQueue:
     """The queue for the caller: the running job's; in a request, its application's;
-    elsewhere the current application's, or else the last one started in this process."""
+    elsewhere the last one started in this process, or else the current application's."""
     q = running_queue()
     if q is not None:
         return q
@@ -152,17 +154,12 @@ def current_queue() -> JobQueue:
         q = getattr(context[-1][0].app_globals, 'asyncjob_queue', None)
         if q is not None:
             return q
-    configs = _thread_stack(tg_config) or tg_config.__dict__.get('_process_configs')
-    conf = configs[-1] if configs else None
-    if isinstance(conf, tuple):  # thread configs are stacked as (conf, preserved)
-        conf = conf[0]
-    q = getattr(conf.get('tg.app_globals') if conf else None, 'asyncjob_queue', None)
-    if q is not None and not q.stopped:
-        return q
     if _default_queue is not None and not _default_queue.stopped:
         return _default_queue
+    conf = _current_conf()
+    q = getattr(conf.get('tg.app_globals') if conf else None, 'asyncjob_queue', None)
     if q is not None:
-        return q  # stopped: its perform() says so
+        return q  # if it was stopped, its perform() says so
     if _default_queue is not None:
         return _default_queue  # stopped: its perform() says so
     raise NoWorkerError('no asyncjob worker is running: plug tgext.asyncjob or call '
