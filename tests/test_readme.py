@@ -1,6 +1,7 @@
 """Every Python example in README.rst runs here, in order, against real apps."""
 import pathlib
 import re
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ README = pathlib.Path(__file__).parent.parent / 'README.rst'
 
 def python_blocks():
     blocks = re.findall(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)', README.read_text())
-    return [re.sub(r'^   ', '', b, flags=re.M) for b in blocks]
+    return [textwrap.dedent(b) for b in blocks]
 
 
 def shell_commands():
@@ -132,7 +133,38 @@ def test_custom_tracker_block():
         q.stop(5)
 
 
-HANDLERS = ["plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
+def test_mount_by_hand_block(make_app, sqlite_db_url):
+    ns = run(block_with('asyncjob = AsyncJobController()'))
+    app = make_app(sqlite_db_url, enable='after', root=ns['RootController'])
+    app.get('/asyncjob/status/0123456789abcdef0123456789abcdef.json', status=404)
+
+
+def test_export_block(make_app, sqlite_db_url):
+    ns = run(block_with('class ExportController'))
+    app = make_app(sqlite_db_url, root=ns['ExportController'])
+    progress_url = app.get('/export').headers['Location']
+    assert '/asyncjob/progress/' in progress_url
+    assert app.get(progress_url).status_int == 200
+    jobid = progress_url.rstrip('/').rsplit('/', 1)[1]
+    status = wait_finished(app.app_globals.asyncjob_queue, jobid)
+    assert (status.progress, status.data['message']) == (100, '50 of 50 rows')
+    assert app.get(f'/asyncjob/status/{jobid}.json').json['percent'] == 100
+
+
+def test_snippet_block():
+    ns = run(block_with('progress_snippet(jobid)'), jobid='0123456789abcdef0123456789abcdef')
+    assert 'asyncjob' in str(ns['progress_snippet']('0123456789abcdef0123456789abcdef'))
+
+
+def test_jobs_access_block():
+    base_config = FullStackApplicationConfigurator()
+    run(block_with("'asyncjob.jobs_access'"), base_config=base_config)
+    assert callable(base_config.get_blueprint_value('asyncjob.jobs_access'))
+
+
+HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
+            "'asyncjob.jobs_access'",
+"plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
             'RedisProgressTracker())', 'def background_task', 'class RootController(TGController)',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
