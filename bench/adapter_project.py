@@ -3,7 +3,7 @@
 Kept separate and small so it is easy to adjust if the package API moves.
 Expected API:
 
-    q = start_async_worker(None, progress_tracker=tracker, workers=N)
+    q = start_async_worker(app_globals, progress_tracker=tracker, workers=N)
     q.perform(fn, args, kwargs) -> job id;  q.stop(timeout)
     asyncjob_perform(fn, *a, **kw) -> job id (outside a request)
     asyncjob_set_progress(value, message) inside a job; asyncjob_get_progress(id)
@@ -11,6 +11,8 @@ Expected API:
 Rows: project-memory, project-redis, and project-rq (hook: enabled once the
 package ships an RQ backend; see ``_rq_start``).
 """
+
+import types
 
 ROWS = ("project-memory", "project-redis", "project-rq")
 
@@ -26,6 +28,10 @@ class Project:
         self.backend = backend
         self.redis_cfg = redis_cfg
         self.uses_redis = backend in ("redis", "rq")
+        self.out_of_process = backend == "rq"  # harness signals through Redis
+        if backend == "rq":
+            # ~5 ms a job end to end: smaller counts keep the whole run under 10 minutes
+            self.max_jobs, self.max_latency_samples = 500, 200
 
     def _redis_url(self):
         rc = self.redis_cfg
@@ -45,9 +51,15 @@ class Project:
             else:
                 from tgext.asyncjob.trackers.memory import MemoryProgressTracker
                 tracker = MemoryProgressTracker()
-            self.q = aj.start_async_worker(None, progress_tracker=tracker, workers=workers)
+            # An explicit globals object, as an application passes its app_globals.
+            # (With None and no TG config, the package falls back to the caller
+            # frame's ``self``, i.e. this adapter.)
+            self.app_globals = types.SimpleNamespace()
+            self.q = aj.start_async_worker(self.app_globals, progress_tracker=tracker,
+                                           workers=workers)
         # The public entry point, as an application would call it.
         self._perform = aj.asyncjob_perform
+        self.direct_perform = self.q.perform  # (fn, args, kwargs), skips the queue lookup
         self.set_progress = aj.asyncjob_set_progress
         self.get_progress = aj.asyncjob_get_progress
 
@@ -57,17 +69,41 @@ class Project:
     def stop(self):
         self.q.stop(5)
 
+    def kill(self):
+        """End the RQ worker process this row started (if any)."""
+        worker = getattr(self, "worker", None)
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(10)
+
 
 def _rq_start(aj, adapter, workers):
-    """Hook for the RQ backend row.
+    """The rq backend: this process only enqueues; one worker process,
+    ``python -m tgext.asyncjob.rqworker --app rqjobs:make_app --simple``,
+    runs the jobs (no fork per job, as the thread backend). It inherits this
+    process's CPU pinning. Jobs and signals live in rqjobs.py."""
+    import os
+    import subprocess
+    import sys
+    import rqjobs
+    if workers != 1:
+        raise Unavailable("the rq row runs one worker process")
+    q = rqjobs.start_queue()
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=here)
+    adapter.worker = subprocess.Popen(
+        [sys.executable, "-m", "tgext.asyncjob.rqworker", "--app", "rqjobs:make_app",
+         "--simple", "--logging-level", "WARNING"], cwd=here, env=env,
+        stdout=subprocess.DEVNULL,  # stderr: into the harness's (shown on failure)
+        preexec_fn=_die_with_parent)
+    return q
 
-    Fill in once the package has an RQ backend: start it against
-    ``adapter._redis_url()`` and return an object with ``stop(timeout)``.
-    Jobs in the harness are closures over threading.Events, so an RQ row
-    needs an in-process worker (e.g. rq.SimpleWorker on a thread) or a
-    harness variant with importable job functions.
-    """
-    raise Unavailable("RQ backend not present in tgext.asyncjob yet")
+
+def _die_with_parent():
+    """In the worker child: get SIGTERM if the harness dies (e.g. a run.py timeout)."""
+    import ctypes
+    import signal
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def make(row, redis_cfg):

@@ -166,6 +166,7 @@ class Original:
         context._push_object(ctx)
         aj.start_async_worker(app_globals, tracker)
         self._perform = aj.asyncjob_perform
+        self.direct_perform = app_globals.asyncjob_queue.perform  # (fn, args, kwargs)
         self.set_progress = aj.asyncjob_set_progress
         self.get_progress = aj.asyncjob_get_progress
 

@@ -113,6 +113,20 @@ def run_one(row, cfg):
     return res
 
 
+def source_digest():
+    """Hash of this project's package sources, to notice edits during a run."""
+    import hashlib
+    h = hashlib.sha256()
+    pkg = os.path.join(ROOT, "tgext", "asyncjob")
+    for dirpath, dirnames, filenames in sorted(os.walk(pkg)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+    return h.hexdigest()[:12]
+
+
 def machine_facts(redis_version, redis_where):
     model = "?"
     with open("/proc/cpuinfo") as f:
@@ -122,6 +136,9 @@ def machine_facts(redis_version, redis_where):
                 break
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                          capture_output=True, text=True).stdout.strip() or "(no commit yet)"
+    if subprocess.run(["git", "status", "--porcelain", "--", "tgext"], cwd=ROOT,
+                      capture_output=True, text=True).stdout.strip():
+        git += " + uncommitted changes in tgext/"
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": model, "cores": os.cpu_count(), "kernel": os.uname().release,
@@ -135,7 +152,6 @@ def machine_facts(redis_version, redis_where):
                                    ("tgext.asyncjob", "TurboGears2", "transaction", "redis")},
         "redis_server": "%s (%s)" % (redis_version, redis_where),
         "git": git,
-        "loadavg_start": open("/proc/loadavg").read().split()[:3],
     }
 
 
@@ -144,7 +160,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=10000)
     ap.add_argument("--latency-samples", type=int, default=1000)
-    ap.add_argument("--progress-calls", type=int, default=5000)
+    ap.add_argument("--progress-calls", type=int, default=20000, help="in-memory rows")
+    ap.add_argument("--redis-progress-calls", type=int, default=2000, help="Redis rows")
     ap.add_argument("--cpu", type=int, default=0, help="CPU every benchmark process is pinned to")
     ap.add_argument("--redis-url", help="use this Redis (host:port) instead of a private server")
     ap.add_argument("--rows", nargs="*", help="subset of rows to run")
@@ -153,8 +170,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.jobs, args.latency_samples, args.progress_calls = 1, 2000, 200, 500
+        args.rounds, args.jobs, args.latency_samples = 1, 2000, 200
+        args.progress_calls, args.redis_progress_calls = 2000, 200
     started = time.perf_counter()
+    load_start = open("/proc/loadavg").read().split()[:3]
+    digest_start = source_digest()
 
     ensure_original_venv()
     cpus = sorted(os.sched_getaffinity(0))
@@ -176,7 +196,8 @@ def main():
     pool_rows = [] if args.no_pool else [r for r in POOL_ROWS if not args.rows or r in args.rows]
     base = {"cpu": args.cpu, "redis": redis_cfg, "flush_redis": flush}
     core_cfg = dict(base, mode="core", jobs=args.jobs, latency_samples=args.latency_samples,
-                    progress_calls=args.progress_calls)
+                    progress_calls=args.progress_calls,
+                    redis_progress_calls=args.redis_progress_calls)
     results = {"core": [], "pool": []}
     try:
         for rnd in range(args.rounds):
@@ -200,13 +221,21 @@ def main():
             server.close()
 
     facts = machine_facts(redis_version, where)
+    facts["loadavg_start"] = load_start
+    facts["sources_changed_during_run"] = source_digest() != digest_start
+    if facts["sources_changed_during_run"]:
+        log("WARNING: tgext/asyncjob sources changed during the run; rerun for clean numbers")
     facts["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     facts["wall_seconds"] = round(time.perf_counter() - started, 1)
     cmd = ".venv/bin/python bench/run.py" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
     settings = {"rounds": args.rounds, "jobs": args.jobs, "latency_samples": args.latency_samples,
-                "progress_calls": args.progress_calls, "cpu": args.cpu, "pool_jobs": POOL_JOBS}
-    with open(os.path.join(HERE, "results.json"), "w") as f:
-        json.dump({"facts": facts, "settings": settings, "results": results}, f, indent=1)
+                "progress_calls": args.progress_calls,
+                "redis_progress_calls": args.redis_progress_calls, "cpu": args.cpu, "pool_jobs": POOL_JOBS}
+    raw = os.path.splitext(args.out)[0] + ".json"
+    settings["raw"] = os.path.relpath(raw, ROOT)
+    with open(raw, "w") as f:
+        json.dump({"command": cmd, "facts": facts, "settings": settings, "results": results},
+                  f, indent=1)
     with open(args.out, "w") as f:
         f.write(report.render(results, facts, settings, cmd))
     log("wrote %s in %.0fs" % (args.out, facts["wall_seconds"]))

@@ -84,7 +84,7 @@ def test_performing_block(worker, capfd):
 
 
 def test_progress_controller_block(make_app, sqlite_db_url):
-    ns = run(block_with('class RootController(TGController)'))
+    ns = run(block_with('def controller_method'))
     app = make_app(sqlite_db_url, root=ns['RootController'])
     state_url = app.get('/controller_method').headers['Location']
     wait_for(lambda: app.get(state_url).text == 'Job Completed')
@@ -165,7 +165,7 @@ def test_jobs_access_block():
 HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
             "'asyncjob.jobs_access'",
 "plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
-            'RedisProgressTracker())', 'def background_task', 'class RootController(TGController)',
+            'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
             'class MyProgressTracker']

@@ -223,7 +223,8 @@ class JobQueue:
     def retry_later(self, job: Job, error: JobError, delay: float) -> None:
         """Queue ``job`` again in ``delay`` seconds after a failed attempt. For workers."""
         job.started_at = None
-        fields = {'state': 'queued', 'attempt': job.attempt, 'eta': time.time() + delay,
+        eta = time.time() + delay
+        fields = {'state': 'queued', 'attempt': job.attempt, 'eta': eta,
                   'detail': f'attempt {job.attempt} failed; retrying in {delay:.3g} s',
                   'error': {'type': error.type, 'message': error.message,
                             'traceback': error.traceback}}
@@ -231,7 +232,7 @@ class JobQueue:
         if self.hooks:
             self.hooks.emit('retrying', job, error, delay)
         self.hold(job)
-        self.scheduler.schedule(job, fields['eta'])
+        self.scheduler.schedule(job, eta)
 
     # -- tracker access, shielded from outages ------------------------------------
 

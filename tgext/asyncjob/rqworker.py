@@ -52,10 +52,11 @@ def load_application(config: str | None = None, app: str | None = None,
         module, _, attr = app.partition(':')
         if not attr:
             raise SystemExit(f'--app wants module:factory, got {app!r}')
-        factory = importlib.import_module(module)
+        factory: Any = importlib.import_module(module)
         for part in attr.split('.'):
             factory = getattr(factory, part)
         return factory()
+    assert config is not None  # the first check: exactly one of config and app
     from paste.deploy import loadapp
     path, _, section = config.partition('#')
     path = os.path.abspath(path)
@@ -95,6 +96,7 @@ class TGWorker(Worker):
     and never uses the ones it inherited."""
 
     tg_backends: Sequence[RQBackend] = ()
+    tg_parent_pid: int  # set by make_worker
 
     def main_work_horse(self, job: Any, queue: Queue) -> None:
         for engine in _engines(self.tg_backends):
@@ -119,7 +121,7 @@ def _horse_killed(job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
 
 
 def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence[str] = (),
-                simple: bool = False, name: str | None = None) -> Worker:
+                simple: bool = False, name: str | None = None) -> Worker | SimpleWorker:
     """An RQ worker listening on the loaded applications' rq queues (or on ``queues``).
 
     Raises ``SystemExit`` with an explanation when no application uses the rq backend.

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard, TypeVar
 
 import tg
 from markupsafe import Markup, escape
@@ -50,6 +50,9 @@ _STATIC_FILES = {
 }
 _JOBS_LIMIT_MAX = 500
 
+# A response body goes back out as it came in: text stays text, bytes stay bytes.
+_Body = TypeVar('_Body', str, bytes)
+
 
 # -- helpers usable from any page ---------------------------------------------------
 
@@ -72,7 +75,7 @@ def percent_of(status: JobStatus) -> int | None:
     return _clamp(status.progress)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -192,8 +195,8 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr)
 
 
-def _respond(body: str | bytes, content_type: str, status: int = 200,
-             cache: str = 'no-store') -> str | bytes:
+def _respond(body: _Body, content_type: str, status: int = 200,
+             cache: str = 'no-store') -> _Body:
     response = tg.response
     response.status_int = status
     response.content_type = content_type
@@ -272,8 +275,9 @@ class AsyncJobController(TGController):
         status, code = self._status(jobid) if not rest else (None, 404)
         if status is None:
             state = 'unknown' if code == 503 else 'not_found'
-            body = {'id': jobid, 'state': state,
-                    'detail': 'the job tracker is unavailable' if code == 503 else ''}
+            body: dict[str, Any] = {
+                'id': jobid, 'state': state,
+                'detail': 'the job tracker is unavailable' if code == 503 else ''}
         else:
             body = status.to_dict(include_traceback=tracebacks_allowed())
             body['percent'] = percent_of(status)
@@ -345,7 +349,7 @@ class AsyncJobController(TGController):
                         'text/html', code)
 
     @expose()
-    def static(self, name: str = '', *rest: str, **params: Any) -> bytes:
+    def static(self, name: str = '', *rest: str, **params: Any) -> str | bytes:
         """``static/asyncjob.js`` and ``static/asyncjob.css``, from the package."""
         # TurboGears strips a known extension off the last path segment: put it back.
         filename = name + (tg.request.response_ext or '')

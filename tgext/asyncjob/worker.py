@@ -241,10 +241,10 @@ class WorkerPool:
                     self.channel.put_nowait(None)
                 except stdqueue.Full:
                     pass
-                job = thread.current
-                if job is not None:
+                running = thread.current
+                if running is not None:
                     log.warning('asyncjob %s (%s) still running at stop; left to finish',
-                                job.id, job.func_name)
+                                running.id, running.func_name)
         for job in unrun:
             self.queue.report_unrun(job, 'the queue was stopped before it started')
         return [job.id for job in unrun]

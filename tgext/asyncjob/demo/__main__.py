@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 
 class _Stop(Exception):
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         raise _Stop()
 
     signal.signal(signal.SIGTERM, on_term)
-    host, port = server.server_address[:2]
+    # Bound to an AF_INET/AF_INET6 address: getsockname() gives the host as a str.
+    host, port = cast('tuple[str, int]', server.server_address[:2])
     print(f'tgext.asyncjob demo: serving on http://{host}:{port}/ (database {db_url}); '
           'Ctrl-C to stop', flush=True)
     try:

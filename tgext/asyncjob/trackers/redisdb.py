@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -19,6 +19,9 @@ from redis.retry import Retry
 from ..errors import TrackerUnavailable
 from .base import ProgressTracker, check_progress_value, progress_from_record
 from .writebehind import WriteBehind
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 _JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
 _JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
@@ -61,8 +64,9 @@ class RedisProgressTracker(ProgressTracker):
                  socket_timeout: float = 5.0, retry: Retry | None = None,
                  write_behind: float | None = 0.002):
         if client is None:
-            options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                           retry=retry if retry is not None else Retry(NoBackoff(), 1))
+            options: dict[str, Any] = dict(
+                socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                retry=retry if retry is not None else Retry(NoBackoff(), 1))
             client = (redis.Redis.from_url(url, **options) if url
                       else redis.Redis(host=host, port=port, db=db, **options))
         self.redis = client
@@ -92,7 +96,9 @@ class RedisProgressTracker(ProgressTracker):
     def _send_batch(self, batch: list[tuple[str, dict[str, str], int, tuple[Any, ...]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for key, mapping, ttl, extra in batch:
-            pipe.hset(key, mapping=mapping)
+            # redis-py types the mapping with an invariant key, which no dict[str, str]
+            # matches; str keys and values are what it accepts.
+            pipe.hset(key, mapping=cast('Mapping[FieldT, EncodableT]', mapping))
             pipe.expire(key, ttl)
             for command in extra:
                 command(pipe)
