@@ -210,3 +210,23 @@ def test_tracker_without_the_methods_is_refused():
 
 def test_memory_tracker_is_the_default(queue):
     assert isinstance(queue.tracker, MemoryProgressTracker)
+
+
+def test_start_async_worker_in_a_script_needs_no_globals(monkeypatch):
+    from tgext.asyncjob import tgwiring
+    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(tgwiring, 'SCRIPT_GLOBALS', SimpleNamespace())
+    q = start_async_worker()
+    try:
+        assert tgwiring.SCRIPT_GLOBALS.asyncjob_queue is q
+        assert wait_finished(q, asyncjob_perform(int, '5')).result == 5
+        with pytest.raises(asyncjob.AlreadyStarted):
+            start_async_worker()
+    finally:
+        q.stop(5)
+
+
+def test_a_non_callable_is_refused_before_anything_is_tracked(queue):
+    with pytest.raises(TypeError, match='asyncjob_perform needs a callable'):
+        asyncjob_perform('not callable')
+    assert queue.recent(5) == []

@@ -32,9 +32,6 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
     Works inside a request, inside a job, or anywhere once a worker is running.
     Raises ``TypeError`` if ``callable`` is not callable.
     """
-    if not hasattr(callable, '__call__'):
-        raise TypeError(f'asyncjob_perform needs a callable, got {type(callable).__name__}: '
-                        f'{callable!r}')
     return current_queue().perform(callable, args, kwargs)
 
 

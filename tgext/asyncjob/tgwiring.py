@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import sys
+import types
 from typing import Any, Mapping
 
 from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfigurationAction
@@ -35,6 +36,9 @@ SETTINGS = {
 }
 
 _default_queue: JobQueue | None = None
+
+#: Where ``start_async_worker()`` keeps the queue when no application is configured.
+SCRIPT_GLOBALS = types.SimpleNamespace()
 
 
 def _current_conf() -> Mapping[str, Any] | None:
@@ -104,7 +108,7 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
 
     ``app_globals`` is where the queue is kept (``app_globals.asyncjob_queue``); left out,
     it is the current application's globals, or the ``Globals`` instance whose
-    ``__init__`` is calling. ``progress_tracker`` defaults to a
+    ``__init__`` is calling, or (no application at all: a script) ``SCRIPT_GLOBALS``. ``progress_tracker`` defaults to a
     :class:`~tgext.asyncjob.trackers.memory.MemoryProgressTracker`. Options
     (``workers``, ``max_queue``, ``put_timeout``, ``attempts``, ``immediate``,
     ``stop_timeout``, ``backend``) override the ``asyncjob.*`` configuration keys;
@@ -119,13 +123,18 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
         if (app_globals is not None and conf is not None
                 and conf.get('tg.app_globals') not in (None, app_globals)):
             conf = None  # the configuration of another application: not these globals'
+    in_app = conf is not None and conf.get('package') is not None
     if app_globals is None:
         app_globals = conf.get('tg.app_globals') if conf is not None else None
-        if app_globals is None:
+        if app_globals is None and in_app:
+            # Inside Globals.__init__ of an application being configured.
             app_globals = _globals_of_caller(sys._getframe(1))
+            if app_globals is None:
+                raise AsyncJobError(
+                    'start_async_worker() cannot find the application globals: pass '
+                    'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
-            raise AsyncJobError('start_async_worker() cannot find the application globals: '
-                                'pass them, e.g. start_async_worker(self) in Globals.__init__')
+            app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
     existing = getattr(app_globals, 'asyncjob_queue', None)
     if isinstance(existing, JobQueue) and not existing.stopped:
         raise AlreadyStarted('an asyncjob worker is already running for these app_globals; '
