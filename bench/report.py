@@ -322,6 +322,10 @@ def render(results, facts, settings, cmd):
   caller thread, so `asyncjob_perform` (which reads `tg.app_globals.asyncjob_queue`) works outside a request.
 - Targets are judged on the median ratio over rounds; min and spread show how stable it was.
 """ % settings)
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
+    if os.path.exists(notes):  # prose kept apart from the code that draws the tables
+        with open(notes) as f:
+            out.append("\n" + f.read())
     return "\n".join(out) + "\n"
 
 
