@@ -1,7 +1,6 @@
 """The 0.3 API outside any web request: perform, progress, running uid, failures."""
 import logging
 import re
-import threading
 from types import SimpleNamespace
 
 import pytest

@@ -8,7 +8,7 @@ from tg import expose
 
 from services import RedisServer, redis_ping, wait_for
 from sampleapp import model
-from sampleapp.controllers.root import RootController, db_session
+from sampleapp.controllers.root import RootController
 
 
 def test_redis_client_roundtrip(redis_client):

@@ -17,7 +17,6 @@ from tg import expose
 import tgext.asyncjob
 from tgext.asyncjob import (QueueFull, QueueStopped, asyncjob_perform,
                             start_async_worker, tgwiring)
-from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 
 from jobhelpers import Gate, wait_finished
 from sampleapp import model

@@ -9,7 +9,7 @@ from tg import expose
 from tgext.asyncjob import (Retry, asyncjob_cancel, asyncjob_get_progress, asyncjob_get_status,
                             asyncjob_options, asyncjob_perform, retry, start_async_worker)
 
-from jobhelpers import Gate, wait_finished
+from jobhelpers import wait_finished
 from sampleapp import model
 from sampleapp.controllers.root import RootController, db_session
 from services import wait_for

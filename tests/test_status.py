@@ -1,5 +1,4 @@
 """Job states on both trackers, retention and bounds, immediate mode, hooks, cancel."""
-import time
 from types import SimpleNamespace
 
 import pytest

@@ -1,13 +1,12 @@
 """tgext.asyncjob inside real TurboGears 2.5 applications (WebTest, SQLite and PostgreSQL)."""
-import threading
 
 import pytest
 import transaction
-from tg import TGController, expose, redirect, url
+from tg import expose
 
 import tgext.asyncjob
 from tgext.asyncjob import (AlreadyStarted, asyncjob_get_progress, asyncjob_perform,
-                            asyncjob_set_progress, asyncjob_timed_query)
+                            asyncjob_timed_query)
 from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 

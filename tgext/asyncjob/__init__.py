@@ -20,7 +20,7 @@ __all__ = [
     'asyncjob_perform', 'asyncjob_set_progress', 'asyncjob_get_progress',
     'asyncjob_running_uid', 'asyncjob_timed_query', 'asyncjob_get_status', 'asyncjob_wait',
     'asyncjob_cancel', 'asyncjob_cancelled', 'asyncjob_options', 'start_async_worker', 'stop',
-    'plugme', 'Retry', 'retry', 'JobOptions',
+    'plugme', 'stop_all', 'current_queue', 'Retry', 'retry', 'JobOptions',
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
 ]

@@ -19,6 +19,7 @@ from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
 
+
 class _Running(threading.local):
     # Class defaults: reading them on a thread that never ran a job raises nothing.
     job: Job | None = None

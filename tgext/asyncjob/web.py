@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any, Mapping, TypeGuard, TypeVar
 
 import tg
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from tg import TGController, expose
 from tg.exceptions import HTTPNotModified
 from tg.support.converters import asbool
