@@ -21,51 +21,45 @@ def _get(url):
         return None
 
 
-def test_demo_cli_serves_and_stops(tmp_path):
+def run_demo(extra_args, stop_signal):
+    """Start the demo CLI, wait for its index page, stop it with ``stop_signal``.
+    Returns (status, body, output, port, returncode)."""
     port = free_port()
-    db = tmp_path / "cli.sqlite"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tgext.asyncjob.demo", "--port", str(port),
-         "--db", "sqlite:///%s" % db],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [sys.executable, "-m", "tgext.asyncjob.demo", "--port", str(port), *extra_args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         url = "http://127.0.0.1:%d/" % port
         status, body = wait_for(lambda: proc.poll() is None and _get(url), STARTUP_TIMEOUT,
                                 interval=0.1,
                                 message=lambda: "the demo did not serve %s (exit code %r)"
                                 % (url, proc.poll()))
-        assert status == 200
-        assert "tgext.asyncjob demo" in body
-        assert db.exists()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         output, _ = proc.communicate(timeout=STOP_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, output
+    return status, body, output, port, proc.returncode
+
+
+def test_demo_cli_serves_and_stops(tmp_path):
+    db = tmp_path / "cli.sqlite"
+    status, body, output, port, returncode = run_demo(["--db", "sqlite:///%s" % db],
+                                                      signal.SIGTERM)
+    assert status == 200
+    assert "tgext.asyncjob demo" in body
+    assert db.exists()
+    assert returncode == 0, output
     assert "serving on http://127.0.0.1:%d/" % port in output
     assert "stopped" in output
 
 
-def test_demo_cli_ctrl_c(tmp_path):
+def test_demo_cli_ctrl_c():
     """Ctrl-C (SIGINT) stops it the same way."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tgext.asyncjob.demo", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        url = "http://127.0.0.1:%d/" % port
-        wait_for(lambda: proc.poll() is None and _get(url), STARTUP_TIMEOUT, interval=0.1,
-                 message=lambda: "the demo did not serve %s (exit code %r)" % (url, proc.poll()))
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=STOP_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, output
+    status, _, output, _, returncode = run_demo([], signal.SIGINT)
+    assert status == 200
+    assert returncode == 0, output
     assert "Traceback" not in output
     assert "stopped" in output
