@@ -49,7 +49,7 @@ def rq_setup(tmp_path, postgres_db_url, rq_redis_url):
     setup = dict(queue_name=queue_name, ini=ini, redis_url=rq_redis_url,
                  db_url=postgres_db_url, client=client, tmp_path=tmp_path)
     yield setup
-    for key in client.scan_iter(match="rq:*%s*" % queue_name):
+    for key in client.scan_iter(match="*%s*" % queue_name):  # RQ's and the tests' keys
         client.delete(key)
     client.close()
 
@@ -130,6 +130,24 @@ def _rows(engine):
     with engine.connect() as conn:
         return conn.execute(sqlalchemy.text("SELECT name, count(*) FROM rows GROUP BY name")
                             ).all()
+
+
+def _scheduled_ids(rq_setup):
+    """Ids of the RQ jobs waiting in RQ's scheduled-jobs registry of the test's queue."""
+    queue = rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"])
+    return set(queue.scheduled_job_registry.get_job_ids())
+
+
+def _stamps(rq_setup, key):
+    """What ``rqapp.jobs.stamp`` recorded on ``key``: one dict per attempt."""
+    return [json.loads(v) for v in rq_setup["client"].lrange(key, 0, -1)]
+
+
+def _finished(app, ids):
+    """The statuses of ``ids`` once all are finished, else None (for wait_for)."""
+    statuses = _statuses(app, ids)
+    done = all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses.values())
+    return statuses if done else None
 
 
 def _row_count(engine):
@@ -315,3 +333,142 @@ def test_immediate_mode_runs_in_process_with_the_same_checks(rq_app, rq_setup):
     with pytest.raises(TypeError, match="threads"):
         aj.asyncjob_perform(lambda: None)
     assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
+
+
+def test_delayed_job_waits_in_redis_and_survives_the_web_process(rq_app, rq_setup, workers):
+    """A delayed job queued by a web process that then dies waits in RQ's scheduled
+    jobs, never starts before its eta, and runs once on a worker started afterwards."""
+    delay = 4
+    key = "stamps:%s" % rq_setup["queue_name"]
+    params = dict(job="stamp", name="delayed", redis_url=rq_setup["redis_url"], key=key,
+                  delay=delay)
+    web = subprocess.run([sys.executable, "-m", "rqapp.webproc", rq_setup["ini"], "1",
+                          json.dumps(params)], cwd=str(rq_setup["tmp_path"]), env=_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert web.returncode == -signal.SIGKILL, web.stderr
+    [jobid] = json.loads(web.stdout.strip().splitlines()[-1])
+
+    # The web process is gone; the job waits in Redis, not on the queue.
+    app = rq_app()
+    assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
+    assert _scheduled_ids(rq_setup) == {jobid}
+    status = _statuses(app, [jobid])[jobid]
+    assert status["state"] == "queued" and status["started_at"] is None
+    eta = status["enqueued_at"] + delay
+
+    workers()  # its scheduler moves the job to the queue when due
+
+    def succeeded():
+        status = _statuses(app, [jobid])[jobid]
+        if time.time() < eta:  # read before its eta: it must still be waiting
+            assert status["state"] == "queued", status
+        return status if status["state"] == "succeeded" else None
+
+    status = wait_for(succeeded, timeout=60, interval=0.05,
+                      message=lambda: "delayed job did not run:\n" + workers.logs())
+    stamps = _stamps(rq_setup, key)
+    assert len(stamps) == 1 and stamps[0]["started"] >= eta
+    assert status["started_at"] >= eta and status["attempt"] == 1
+    assert dict(_rows(app.engine)) == {"delayed": 1}
+    assert not _scheduled_ids(rq_setup)
+
+
+def test_retries_wait_in_redis_with_backoff(rq_app, rq_setup, workers):
+    """Failed attempts are scheduled again in Redis within the Retry policy's bounds;
+    the status counts the attempts; an exhausted job ends failed with its last error."""
+    name = rq_setup["queue_name"]
+    log_key = "retries:%s" % name
+    write_ini(rq_setup["ini"], db_url=rq_setup["db_url"], redis_url=rq_setup["redis_url"],
+              queue_name=name, extra={"rqapp.retry_log": log_key})  # workers log retries
+    app = rq_app()
+    url = rq_setup["redis_url"]
+    policies = {"flaky": aj.Retry(on=(ValueError,), max_retries=3, backoff=0.5, factor=2.0),
+                "doomed": aj.Retry(on=(ValueError,), max_retries=2, backoff=0.4, jitter=False)}
+    ids = {
+        "flaky": aj.asyncjob_options(retry=policies["flaky"]).perform(
+            jobs.stamp, "flaky", url, "stamps:flaky:%s" % name, fails=2),
+        "doomed": aj.asyncjob_options(retry=policies["doomed"]).perform(
+            jobs.stamp, "doomed", url, "stamps:doomed:%s" % name, fails=99),
+    }
+    workers()
+    statuses = wait_for(lambda: _finished(app, ids.values()), timeout=60, interval=0.05,
+                        message=lambda: "retried jobs did not finish:\n" + workers.logs())
+
+    flaky, doomed = statuses[ids["flaky"]], statuses[ids["doomed"]]
+    assert flaky["state"] == "succeeded" and flaky["attempt"] == 3, flaky
+    assert doomed["state"] == "failed" and doomed["attempt"] == 3, doomed
+    assert doomed["error"]["type"] == "ValueError"
+    assert doomed["error"]["message"] == "attempt 3 of doomed failed on purpose"
+    assert dict(_rows(app.engine)) == {"flaky": 1}
+
+    retries = [json.loads(v) for v in rq_setup["client"].lrange(log_key, 0, -1)]
+    for label, jobid in ids.items():
+        stamps = _stamps(rq_setup, "stamps:%s:%s" % (label, name))
+        assert [s["attempt"] for s in stamps] == [1, 2, 3]  # each attempt ran once
+        logged = [r for r in retries if r["job"] == jobid]
+        assert [r["attempt"] for r in logged] == [1, 2]
+        for n, retry in enumerate(logged, start=1):
+            low, high = policies[label].bounds(n)
+            assert low <= retry["delay"] <= high
+            # Attempt n failed after it started; the next one never starts before
+            # that failure + its delay (its eta).
+            assert stamps[n]["started"] >= stamps[n - 1]["started"] + retry["delay"]
+    assert not _scheduled_ids(rq_setup)
+    assert rq.Queue(name, connection=rq_setup["client"]).count == 0
+
+
+def test_cancelling_delayed_and_retrying_rq_jobs(rq_app, rq_setup, workers):
+    app = rq_app()
+    url, name = rq_setup["redis_url"], rq_setup["queue_name"]
+    key = "stamps:%s" % name
+    cancelled = aj.asyncjob_options(delay=2).perform(jobs.stamp, "cancelled", url, key)
+    sentinel = aj.asyncjob_options(delay=2).perform(jobs.stamp, "sentinel", url, key)
+    assert _scheduled_ids(rq_setup) == {cancelled, sentinel}
+
+    assert aj.asyncjob_cancel(cancelled) is True
+    assert aj.asyncjob_cancel(cancelled) is False
+    assert aj.asyncjob_get_status(cancelled).state is aj.JobState.CANCELLED
+    assert _scheduled_ids(rq_setup) == {sentinel}
+    assert not rq.job.Job.exists(cancelled, connection=rq_setup["client"])
+
+    # A job waiting (an hour) to be retried is cancelled the same way.
+    retrying = aj.asyncjob_options(retry=aj.Retry(max_retries=1, backoff=3600, jitter=False)
+                                   ).perform(jobs.stamp, "retrying", url,
+                                             "stamps:retrying:%s" % name, fails=1)
+    workers()
+    wait_for(lambda: aj.asyncjob_get_status(sentinel).state is aj.JobState.SUCCEEDED,
+             timeout=60, message=lambda: "sentinel did not run:\n" + workers.logs())
+    status = wait_for(
+        lambda: (lambda s: s if s.state is aj.JobState.QUEUED and s.attempt == 1 else None)(
+            aj.asyncjob_get_status(retrying)),
+        timeout=30, message=lambda: "no retry scheduled:\n" + workers.logs())
+    assert status.error.type == "ValueError"
+    wait_for(lambda: _scheduled_ids(rq_setup), timeout=10, message="retry not in RQ")
+    assert aj.asyncjob_cancel(retrying) is True
+    assert aj.asyncjob_get_status(retrying).state is aj.JobState.CANCELLED
+    assert not _scheduled_ids(rq_setup)
+
+    # The cancelled job never ran, though the sentinel due after it did.
+    assert [s["attempt"] for s in _stamps(rq_setup, key)] == [1]
+    assert dict(_rows(app.engine)) == {"sentinel": 1}
+
+
+def test_delayed_jobs_are_checked_at_the_call_site_and_not_lost_at_stop(rq_app, rq_setup):
+    app = rq_app()
+    queue = app.app_globals.asyncjob_queue
+
+    class LocalError(Exception):
+        pass
+
+    with pytest.raises(TypeError, match="threads"):
+        aj.asyncjob_options(delay=60).perform(lambda: None)
+    with pytest.raises(TypeError, match="cannot be serialised"):
+        aj.asyncjob_options(delay=60, retry=aj.Retry(on=(LocalError,))).perform(
+            jobs.write_row, "x")
+    assert not _scheduled_ids(rq_setup)
+
+    jobid = aj.asyncjob_options(delay=3600).perform(jobs.write_row, "later")
+    # Stopping the web process's queue loses nothing: the job waits in Redis.
+    assert queue.stop(1) == []
+    assert queue.get_status(jobid).state is aj.JobState.QUEUED
+    assert _scheduled_ids(rq_setup) == {jobid}

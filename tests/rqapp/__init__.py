@@ -6,9 +6,23 @@ and tgext.asyncjob plugged in, configured by the ``[app:main]`` keys of the .ini
 (``sqlalchemy.url``, ``asyncjob.backend = rq``, ``asyncjob.backend.redis_url``,
 ``asyncjob.backend.queue_name``). Worker processes load it with
 ``python -m tgext.asyncjob.rqworker app.ini``; :func:`write_ini` writes such a file.
+With ``rqapp.retry_log = KEY`` the queue gets a :class:`RetryLog` hook.
 """
 
+import json
 import os
+
+
+class RetryLog:
+    """Hook: RPUSH each retry decision (job id, failed attempt, delay) onto a Redis key."""
+
+    def __init__(self, redis_url, key):
+        import redis
+        self.client, self.key = redis.Redis.from_url(redis_url), key
+
+    def on_retrying(self, job, error, delay):
+        self.client.rpush(self.key, json.dumps(
+            {"job": job.id, "attempt": job.attempt, "delay": delay}))
 
 
 def make_wsgi_app(global_conf=None, **app_conf):
@@ -18,7 +32,11 @@ def make_wsgi_app(global_conf=None, **app_conf):
     from rqapp.controllers import RQRoot
 
     base_config = make_base_config(app_conf["sqlalchemy.url"], root=RQRoot)
-    plug(base_config, "tgext.asyncjob")
+    hooks = []
+    if app_conf.get("rqapp.retry_log"):
+        hooks.append(RetryLog(app_conf["asyncjob.backend.redis_url"],
+                              app_conf["rqapp.retry_log"]))
+    plug(base_config, "tgext.asyncjob", hooks=hooks)
     return base_config.make_wsgi_app(global_conf or {}, app_conf)
 
 

@@ -13,9 +13,11 @@ class RQRoot(RootController):
     """``RootController`` plus endpoints that queue the jobs of :mod:`rqapp.jobs`."""
 
     @expose("json")
-    def queue(self, job="write_row", name="x", **kw):
-        """Queue ``rqapp.jobs.<job>(name, **kw)``; return ``{"jobid": ...}``."""
-        return dict(jobid=aj.asyncjob_perform(getattr(jobs, job), name, **kw))
+    def queue(self, job="write_row", name="x", delay=None, **kw):
+        """Queue ``rqapp.jobs.<job>(name, **kw)``, ``delay`` seconds from now if given;
+        return ``{"jobid": ...}``."""
+        options = aj.asyncjob_options(delay=None if delay is None else float(delay))
+        return dict(jobid=options.perform(getattr(jobs, job), name, **kw))
 
     @expose("json")
     def progress(self, jobid):

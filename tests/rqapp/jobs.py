@@ -1,12 +1,15 @@
 """Jobs the RQ tests queue. Module-level, so RQ worker processes import them by name."""
 
+import json
 import os
+import time
 
 import redis
 import rq
 import tg
 
 import tgext.asyncjob as aj
+from tgext.asyncjob.queue import running_job
 from sampleapp.model import Row
 
 
@@ -31,6 +34,19 @@ def gate(name, redis_url, key):
     client = redis.Redis.from_url(redis_url)
     if client.blpop([key], timeout=30) is None:
         raise RuntimeError("the gate was never opened")
+    return write_row(name)
+
+
+def stamp(name, redis_url, key, fails=0):
+    """Record this attempt in Redis (RPUSH onto ``key``: when it started and the
+    attempt number); the first ``fails`` attempts raise ``ValueError``, the next one
+    writes a row."""
+    started = time.time()
+    attempt = running_job().attempt  # the tracker may not have been written yet
+    client = redis.Redis.from_url(redis_url)
+    count = client.rpush(key, json.dumps({"started": started, "attempt": attempt}))
+    if count <= int(fails):
+        raise ValueError("attempt %d of %s failed on purpose" % (count, name))
     return write_row(name)
 
 

@@ -110,6 +110,11 @@ class JobQueue:
         self._waiters = 0
         self.backend = self._make_backend(backend, backend_options or {})
         self._backend_check = getattr(self.backend, 'check', None)
+        # A backend that schedules itself (rq: in Redis) keeps delayed jobs and retries
+        # durable; otherwise they wait in this process's Scheduler thread.
+        self._backend_schedule: Callable[[Job, float], None] | None = (
+            self.backend.schedule if getattr(self.backend, 'supports_schedule', False)
+            else None)
         _QUEUES.add(self)
 
     def _make_backend(self, backend: Any, options: dict[str, Any]) -> Any:
@@ -174,8 +179,7 @@ class JobQueue:
     def _hand_off(self, job: Job) -> None:
         """Give a job to the scheduler if it is not due yet, else to the backend."""
         if job.eta is not None and job.eta > time.time() and not self.immediate:
-            self.hold(job)
-            self.scheduler.schedule(job, job.eta)
+            self._schedule(job, job.eta)
             return
         try:
             if self.immediate:
@@ -232,6 +236,16 @@ class JobQueue:
         self._guard(self.store.update, job.id, fields)
         if self.hooks:
             self.hooks.emit('retrying', job, error, delay)
+        self._schedule(job, eta)
+
+    def _schedule(self, job: Job, eta: float) -> None:
+        """Run ``job`` at ``eta``: the backend's own scheduling if it has any, else
+        this process's scheduler thread (which holds the job, for cancel and stop)."""
+        if self._backend_schedule is not None:
+            job.eta = eta
+            self.flush_tracker()  # the record says queued before anyone can see the job
+            self._backend_schedule(job, eta)
+            return
         self.hold(job)
         self.scheduler.schedule(job, eta)
 

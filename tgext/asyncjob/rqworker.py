@@ -19,6 +19,11 @@ By default each job runs in a forked child (RQ's ``Worker``): a crash, a leak or
 hard kill ends the child, not the worker, and the job is recorded as failed.
 ``--simple`` runs jobs in the worker process itself (RQ's ``SimpleWorker``): faster
 for short jobs, the way the in-process thread backend runs them.
+
+Each worker also runs RQ's scheduler (RQ's ``with_scheduler``; one of the workers of
+a queue holds its lock at a time): it moves delayed jobs and retries to the queue
+when they are due, checking every second. ``--no-scheduler`` turns it off, for
+workers next to others that run it; without any, delayed jobs and retries never run.
 """
 from __future__ import annotations
 
@@ -169,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_option: bool = False) 
     parser.add_argument('--simple', action='store_true',
                         help='run jobs in the worker process instead of a forked child each')
     parser.add_argument('--name', help='worker name (default: RQ makes one)')
+    parser.add_argument('--no-scheduler', dest='scheduler', action='store_false',
+                        help="do not run RQ's scheduler, which queues delayed jobs and "
+                        'retries when due (another worker of the queue must)')
     parser.add_argument('--max-jobs', type=int, default=None, help='exit after this many jobs')
     parser.add_argument('--logging-level', default='INFO', help='RQ log level (default INFO)')
 
@@ -184,7 +192,7 @@ def run(options: argparse.Namespace) -> int:
     log.info('tgext.asyncjob rq worker %s listening on %s', worker.name,
              ', '.join(q.name for q in worker.queues))
     worker.work(burst=options.burst, max_jobs=options.max_jobs,
-                logging_level=options.logging_level)
+                logging_level=options.logging_level, with_scheduler=options.scheduler)
     return 0
 
 

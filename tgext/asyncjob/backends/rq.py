@@ -7,10 +7,17 @@ with ``python -m tgext.asyncjob.rqworker app.ini`` (:mod:`tgext.asyncjob.rqworke
 which loads the application so each job gets its configuration, its own session and
 transaction, exactly as :func:`tgext.asyncjob.worker.run_job` gives threads.
 
-What RQ stores is a call of :func:`run_rq_job` with the callable's import path and
-its arguments, under OUR job id. So the callable must be importable by name (a
-module-level function, class, or a class's static/class method) and the arguments
-must pickle: both are checked in :meth:`RQBackend.enqueue`, at the call site.
+What RQ stores is a call of :func:`run_rq_job` with the callable's import path, its
+arguments, our job id, the attempts made so far and the job's retry policy. So the
+callable must be importable by name (a module-level function, class, or a class's
+static/class method) and the arguments must pickle: both are checked at the call
+site (:meth:`RQBackend.check`).
+
+Delayed jobs and retries are RQ scheduled jobs (``enqueue_at``), moved to the queue
+when due by the scheduler the worker command runs: they wait in Redis, not in a
+process. The first attempt's RQ job id is our job id; a retry's is ``<id>-<n>`` for
+attempt number n (:func:`rq_job_id`), because it is scheduled by the failing attempt while that RQ
+job, whose id cannot be reused, is still executing.
 
 Job records must be visible to the web process and the workers alike: a process-local
 tracker (the default ``MemoryProgressTracker``) is replaced by a
@@ -18,10 +25,13 @@ tracker (the default ``MemoryProgressTracker``) is replaced by a
 """
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 import re
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -96,6 +106,11 @@ def import_callable(path: str) -> Callable[..., Any]:
     return target
 
 
+def rq_job_id(jobid: str, attempt: int) -> str:
+    """The RQ job id of the run that follows ``attempt`` runs of our job ``jobid``."""
+    return jobid if attempt == 0 else f'{jobid}-{attempt + 1}'
+
+
 def _as_int(value: Any) -> int | None:
     return None if value in (None, '') else int(value)
 
@@ -114,8 +129,9 @@ class RQBackend:
     durable = True
     supports_cancel = True
     supports_immediate = True
-    # A retry would wait in the worker's memory, which a forking RQ worker discards.
-    supports_retry = False
+    # Retries and delayed jobs are RQ scheduled jobs: they wait in Redis (schedule).
+    supports_retry = True
+    supports_schedule = True
 
     def __init__(self, queue: JobQueue, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,
@@ -147,29 +163,45 @@ class RQBackend:
 
     def check(self, job: Job) -> str:
         """Raise ``TypeError`` unless a worker can import ``job``'s callable and its
-        arguments serialise; return the callable's import path."""
+        arguments (and retry policy) serialise; return the callable's import path."""
         path = callable_path(job.func)
         try:
-            self.rq_queue.serializer.dumps((job.args, job.kwargs))
+            self.rq_queue.serializer.dumps((job.args, job.kwargs, job.retry))
         except Exception as exc:
             raise TypeError(f'the rq backend cannot queue {job.func_name}: its arguments '
-                            f'cannot be serialised for the worker processes ({exc}); pass '
-                            f'plain data (ids, strings, numbers){_THREADS_HINT}') from None
+                            f'(or retry policy) cannot be serialised for the worker '
+                            f'processes ({exc}); pass plain data (ids, strings, numbers)'
+                            f'{_THREADS_HINT}') from None
         return path
 
-    def enqueue(self, job: Job) -> None:
-        """Put ``job`` on the RQ queue under its own id. Raises ``TypeError`` (and
-        forgets the job) if its callable or arguments cannot go to another process."""
+    def _runner_call(self, job: Job) -> dict[str, Any]:
+        """RQ's arguments for a run of ``job``. Raises ``TypeError`` (and forgets the
+        job) if its callable or arguments cannot go to another process."""
         try:
             path = self.check(job)
         except TypeError:
             self._forget(job)
             raise
         job.name = path.replace(':', '.')
-        self.rq_queue.enqueue_call(
-            RUNNER, args=(path, job.args, job.kwargs), job_id=job.id,
-            timeout=self.job_timeout, ttl=self.ttl, result_ttl=0, failure_ttl=None,
-            description=job.name)
+        return dict(args=(path, job.args, job.kwargs),
+                    kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry),
+                    job_id=rq_job_id(job.id, job.attempt), result_ttl=0, failure_ttl=None,
+                    description=job.name)
+
+    def enqueue(self, job: Job) -> None:
+        """Put ``job`` on the RQ queue (see :meth:`_runner_call`)."""
+        self.rq_queue.enqueue_call(RUNNER, timeout=self.job_timeout, ttl=self.ttl,
+                                   **self._runner_call(job))
+
+    def schedule(self, job: Job, eta: float) -> None:
+        """Put ``job`` in RQ's scheduled-jobs registry, due at ``eta``: the scheduler of
+        a worker (``rqworker``) moves it to the queue then."""
+        call = self._runner_call(job)
+        # RQ keeps whole seconds, rounded down: round up so it never starts early.
+        when = datetime.datetime.fromtimestamp(math.ceil(eta), datetime.timezone.utc)
+        # ``ttl`` counts from when the job is due, not from now.
+        ttl = None if self.ttl is None else self.ttl + max(math.ceil(eta - time.time()), 0)
+        self.rq_queue.enqueue_at(when, RUNNER, job_timeout=self.job_timeout, ttl=ttl, **call)
 
     def _forget(self, job: Job) -> None:
         # JobQueue.perform tracked the job before handing it over.
@@ -189,13 +221,17 @@ class RQBackend:
         thread.join()
 
     def cancel(self, jobid: str) -> bool:
-        """Cancel a job still waiting in the RQ queue: it will not run, its record
-        says cancelled. False if it is running, finished or unknown (a job a worker
-        is taking at this very moment may still run)."""
+        """Cancel a job still waiting in the RQ queue or in RQ's scheduled jobs (delayed,
+        or waiting to be retried): it will not run, its record says cancelled. False if
+        it is running, finished or unknown (a job a worker is taking at this very
+        moment may still run)."""
         if not isinstance(jobid, str) or not _JOB_ID.match(jobid):
             return False  # not one of ours: never touch other RQ jobs
+        # The attempts made so far say which RQ job is the one waiting.
+        record = self.queue._guard(self.queue.store.get_record, jobid) or {}
         try:
-            rq_job = RQJob.fetch(jobid, connection=self.connection)
+            rq_job = RQJob.fetch(rq_job_id(jobid, int(record.get('attempt') or 0)),
+                                 connection=self.connection)
         except NoSuchJobError:
             return False
         if rq_job.get_status(refresh=False) not in (RQStatus.QUEUED, RQStatus.DEFERRED,
@@ -254,29 +290,33 @@ def queue_for(queue_name: str) -> JobQueue:
     return backend.queue
 
 
-def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any]) -> None:
-    """What RQ calls in the worker: rebuild our :class:`Job` under the same id and run
-    it with :func:`~tgext.asyncjob.worker.run_job` (transaction, session, progress,
-    final state in the shared tracker). A job cancelled meanwhile is skipped."""
+def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any],
+               jobid: str | None = None, attempt: int = 0, retry: Any = None) -> None:
+    """What RQ calls in the worker: rebuild our :class:`Job` (id ``jobid``, ``attempt``
+    runs made so far, ``retry`` policy) and run it with
+    :func:`~tgext.asyncjob.worker.run_job` (transaction, session, progress, final
+    state or retry in the shared tracker). A job cancelled meanwhile is skipped."""
     from ..worker import run_job
     rq_job = get_current_job()
     if rq_job is None:
         raise RuntimeError('run_rq_job runs inside an RQ worker only')
+    jobid = jobid or rq_job.id  # RQ jobs queued before jobid was passed
     q = queue_for(rq_job.origin)
-    record = q._guard(q.store.get_record, rq_job.id)
+    record = q._guard(q.store.get_record, jobid)
     if record is not None and record.get('state') == JobState.CANCELLED.value:
         return
     try:
         func = import_callable(func_path)
     except Exception as exc:
-        job = Job(_cancelled, (), {}, jobid=rq_job.id)
+        job = Job(_cancelled, (), {}, jobid=jobid)
         job.name = func_path.replace(':', '.')
         q.finished(job, JobState.FAILED, error=JobError.from_exception(exc),
                    detail='the worker could not import the callable')
         q.flush_tracker()
         return
-    job = Job(func, tuple(args), dict(kwargs), jobid=rq_job.id)
+    job = Job(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry)
     job.name = func_path.replace(':', '.')
+    job.attempt = attempt  # run_job counts this run on top
     try:
         run_with_config(q, job, run_job)
     finally:
@@ -289,7 +329,7 @@ def mark_worker_died(rq_job: RQJob, why: str) -> None:
         q = queue_for(rq_job.origin)
     except RuntimeError:
         return
-    job = Job(_cancelled, (), {}, jobid=rq_job.id)
+    job = Job(_cancelled, (), {}, jobid=rq_job.kwargs.get('jobid') or rq_job.id)
     job.name = rq_job.description
     q.finished(job, JobState.FAILED, error=JobError('WorkerDied', why))
     q.flush_tracker()
