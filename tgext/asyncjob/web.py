@@ -378,7 +378,8 @@ _static_cache: dict[str, bytes] = {}
 def _static_bytes(filename: str) -> bytes:
     data = _static_cache.get(filename)
     if data is None:
-        data = resources.files(__package__).joinpath('static', filename).read_bytes()
+        # One name per joinpath(): Python 3.10's Traversable takes no more.
+        data = (resources.files(__package__) / 'static' / filename).read_bytes()
         _static_cache[filename] = data
     return data
 
