@@ -35,6 +35,9 @@ def read_marks(path):
         return [line.split() for line in f.read().splitlines()]
 
 
+# Forking a process whose worker threads run is the very case under test (Python 3.12+
+# warns about it in general).
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
 def test_plain_fork_child_runs_its_own_jobs_and_not_the_parents(tmp_path, monkeypatch):
     monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
     marks = str(tmp_path / 'marks')
