@@ -10,6 +10,8 @@ Fixtures:
 * ``sqlite_db_url`` (function): a SQLite FILE in ``tmp_path``.
 * ``db_url`` (function, params ``sqlite``/``postgresql``): one of the two.
 * ``make_app`` (function): ``sampleapp.config.make_app``, torn down after.
+* ``queue`` (function): a started ``JobQueue`` (memory tracker, one worker) outside any
+  application, stopped after.
 
 Unavailable services make tests fail (``pytest.fail``), never skip.
 """
@@ -251,3 +253,14 @@ def make_app(_apps):
 
     yield factory
     _apps.close_all()
+
+
+@pytest.fixture
+def queue():
+    """A running queue with the memory tracker and one worker, outside any application."""
+    from types import SimpleNamespace
+
+    from tgext.asyncjob import start_async_worker
+    q = start_async_worker(SimpleNamespace())
+    yield q
+    q.stop(10)

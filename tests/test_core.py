@@ -14,13 +14,6 @@ from jobhelpers import Gate, wait_finished
 from services import wait_for
 
 
-@pytest.fixture
-def queue():
-    q = start_async_worker(SimpleNamespace())
-    yield q
-    q.stop(10)
-
-
 def test_perform_returns_a_str_id_at_once_and_runs_the_callable(queue):
     gate = Gate()
     jobid = asyncjob_perform(gate.job)

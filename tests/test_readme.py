@@ -52,14 +52,6 @@ def block_with(marker):
 CLAIMED = []
 
 
-@pytest.fixture
-def worker():
-    from tgext.asyncjob import start_async_worker
-    q = start_async_worker(SimpleNamespace())
-    yield q
-    q.stop(10)
-
-
 def test_plug_block(make_app, sqlite_db_url):
     base_config = FullStackApplicationConfigurator()
     run(block_with("plug(base_config, 'tgext.asyncjob')"), base_config=base_config)
@@ -77,9 +69,9 @@ def test_globals_blocks(marker, redis_url, redis_client):
         g.asyncjob_queue.stop(5)
 
 
-def test_performing_block(worker, capfd):
+def test_performing_block(queue, capfd):
     ns = run(block_with('def background_task'))
-    wait_finished(worker, ns['jobid'])
+    wait_finished(queue, ns['jobid'])
     assert capfd.readouterr().out == '10\n'
 
 
@@ -90,11 +82,11 @@ def test_progress_controller_block(make_app, sqlite_db_url):
     wait_for(lambda: app.get(state_url).text == 'Job Completed')
 
 
-def test_status_block(worker):
+def test_status_block(queue):
     run(block_with('asyncjob_wait(asyncjob_perform(double'))
 
 
-def test_hooks_block(worker, caplog):
+def test_hooks_block(queue, caplog):
     from tgext.asyncjob import start_async_worker
     ns = run(block_with('class LogJobs'))
     q = start_async_worker(SimpleNamespace(), hooks=[ns['LogJobs']()])
@@ -105,10 +97,10 @@ def test_hooks_block(worker, caplog):
     assert any('builtins.int failed' in r.getMessage() for r in caplog.records)
 
 
-def test_options_block(worker):
+def test_options_block(queue):
     ns = run(block_with('asyncjob_options(delay=30)'))
     assert ns['fetch_feed'].__asyncjob_retry__.max_retries == 3
-    wait_for(lambda: sorted(s.state.value for s in worker.recent(2)) == ['queued', 'succeeded'])
+    wait_for(lambda: sorted(s.state.value for s in queue.recent(2)) == ['queued', 'succeeded'])
 
 
 @pytest.mark.parametrize('marker', ['asyncjob_options(on_commit=True).perform(async_query',

@@ -97,13 +97,6 @@ def test_options_never_collide_with_the_jobs_keyword_arguments():
         q.stop(5)
 
 
-@pytest.fixture
-def queue():
-    q = start_async_worker(SimpleNamespace())
-    yield q
-    q.stop(5)
-
-
 def test_delayed_jobs_wait_as_queued_and_never_start_early(queue):
     starts = {}
     ids = {}
