@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from typing import Any
 
+from ..forking import reset_in_child
 from .base import ProgressTracker, check_progress_value
 
 
@@ -22,9 +22,8 @@ class MemoryProgressTracker(ProgressTracker):
         self._live: dict[str, dict[str, Any]] = {}
         self._finished: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._lock = threading.Lock()
-        if hasattr(os, 'register_at_fork'):
-            # A lock held by another thread at fork() would stay held forever in the child.
-            os.register_at_fork(after_in_child=self._reset_lock)
+        # A lock held by another thread at fork() would stay held forever in the child.
+        reset_in_child(self, '_reset_lock')
 
     def _reset_lock(self) -> None:
         self._lock = threading.Lock()

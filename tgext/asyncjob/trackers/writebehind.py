@@ -8,9 +8,10 @@ Writes keep their order, so a job's end never lands before its start.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable
+
+from ..forking import reset_in_child
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -22,9 +23,8 @@ class WriteBehind:
         self.send = send
         self.linger = linger
         self._reset()
-        if hasattr(os, 'register_at_fork'):
-            # The child has no flusher thread, and the parent sends its own writes.
-            os.register_at_fork(after_in_child=self._reset)
+        # The child has no flusher thread, and the parent sends its own writes.
+        reset_in_child(self, '_reset')
 
     def _reset(self) -> None:
         self._pending: list[Any] = []
