@@ -9,7 +9,7 @@ import rq
 import tg
 
 import tgext.asyncjob as aj
-from tgext.asyncjob.queue import running_job
+from tgext.asyncjob.context import running_job
 from sampleapp.model import Row
 
 

@@ -12,7 +12,8 @@ from .database import asyncjob_timed_query
 from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError, QueueFull,
                      QueueStopped, TrackerUnavailable)
 from .job import JobError, JobState, JobStatus
-from .queue import JobQueue, running_job, running_queue
+from .context import running_job, running_queue
+from .queue import JobQueue
 from .retry import Retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
 

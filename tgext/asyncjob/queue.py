@@ -11,6 +11,7 @@ import weakref
 from typing import Any, Callable, Mapping
 
 from .errors import NotInJobError, QueueFull, QueueStopped, TrackerUnavailable
+from .context import running_job
 from .hooks import Hooks
 from .job import Job, JobError, JobState, JobStatus
 from .retry import Retry
@@ -18,25 +19,6 @@ from .scheduler import Scheduler
 from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
-
-
-class _Running(threading.local):
-    # Class defaults: reading them on a thread that never ran a job raises nothing.
-    job: Job | None = None
-    queue: JobQueue | None = None
-
-
-_running = _Running()
-
-
-def running_job() -> Job | None:
-    """The job the current thread is running, if any."""
-    return _running.job
-
-
-def running_queue() -> JobQueue | None:
-    """The queue whose job the current thread is running, if any."""
-    return _running.queue
 
 
 def _eta(delay: float | None, at: float | None, now: float) -> float | None:
@@ -434,15 +416,3 @@ def _reinit_after_fork() -> None:
 
 if hasattr(os, 'register_at_fork'):
     os.register_at_fork(after_in_child=_reinit_after_fork)
-
-
-def enter_job(q: JobQueue, job: Job) -> None:
-    """Make ``job`` the current thread's running job (for progress calls)."""
-    _running.job = job
-    _running.queue = q
-
-
-def leave_job() -> None:
-    """The current thread no longer runs a job."""
-    _running.job = None
-    _running.queue = None

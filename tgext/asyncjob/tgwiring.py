@@ -19,7 +19,8 @@ from tg.request_local import context as tg_context
 from tg.support.converters import asbool, asint
 
 from .errors import AlreadyStarted, AsyncJobError, NoWorkerError
-from .queue import _QUEUES, JobQueue, running_queue
+from .context import running_queue
+from .queue import _QUEUES, JobQueue
 
 log = logging.getLogger('tgext.asyncjob')
 

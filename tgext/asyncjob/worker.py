@@ -10,6 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .context import enter_job, leave_job
 from .database import remove_session, run_in_transaction
 from .errors import QueueFull, QueueStopped
 from .job import Job, JobError, JobState
@@ -23,7 +24,6 @@ log = logging.getLogger('tgext.asyncjob')
 
 def run_job(q: JobQueue, job: Job) -> None:
     """Run one job to its end and record how it ended. Never raises."""
-    from .queue import enter_job, leave_job
     if job.cancelled:
         return
     q.started(job)
