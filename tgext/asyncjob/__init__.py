@@ -13,8 +13,8 @@ from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError
                      QueueStopped, TrackerUnavailable)
 from .job import JobError, JobState, JobStatus
 from .context import running_job, running_queue
-from .queue import JobQueue
-from .retry import Retry, retry
+from .queue import JobQueue, eta_of
+from .retry import Retry, require_retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
 
 __all__ = [
@@ -60,10 +60,8 @@ def asyncjob_options(*, delay: float | None = None, at: Any = None,
     ``on_commit``: hand the job to the worker only once the current transaction commits
     (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy.
     """
-    if retry is not None and not isinstance(retry, Retry):
-        raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
-    if delay is not None and at is not None:
-        raise TypeError('give delay or at, not both')
+    require_retry(retry)
+    eta_of(delay, at, 0.0)  # the same checks perform() makes, here at the call site
     return JobOptions(delay, at, on_commit, retry)
 
 

@@ -83,6 +83,10 @@ class JobError:
     message: str
     traceback: str = ''
 
+    def as_record(self) -> dict[str, str]:
+        """The dict a tracker stores (and :meth:`JobStatus.from_record` reads back)."""
+        return dataclasses.asdict(self)
+
     @classmethod
     def from_exception(cls, exc: BaseException) -> JobError:
         import traceback

@@ -4,7 +4,6 @@ answers for their status. One ``JobQueue`` per application (``app_globals.asyncj
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -12,16 +11,19 @@ from typing import Any, Callable, Mapping
 
 from .errors import NotInJobError, QueueFull, QueueStopped, TrackerUnavailable
 from .context import running_job
+from .forking import reset_in_child
 from .hooks import Hooks
 from .job import Job, JobError, JobState, JobStatus
-from .retry import Retry
+from .retry import Retry, require_retry
 from .scheduler import Scheduler
 from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
 
 
-def _eta(delay: float | None, at: float | None, now: float) -> float | None:
+def eta_of(delay: float | None, at: Any, now: float) -> float | None:
+    """The start time for ``delay`` seconds after ``now`` or ``at`` (datetime or epoch
+    seconds); ``TypeError``/``ValueError`` for anything else."""
     if delay is not None and at is not None:
         raise TypeError('give delay or at, not both')
     if delay is not None:
@@ -97,7 +99,9 @@ class JobQueue:
         self._backend_schedule: Callable[[Job, float], None] | None = (
             self.backend.schedule if getattr(self.backend, 'supports_schedule', False)
             else None)
-        _QUEUES.add(self)
+        _QUEUES.add(self)  # for stop_all() at interpreter exit
+        # Registered after its tracker, so the tracker is reset first in a child.
+        reset_in_child(self, '_after_fork')
 
     def _make_backend(self, backend: Any, options: dict[str, Any]) -> Any:
         if backend in (None, 'threads'):
@@ -127,12 +131,11 @@ class JobQueue:
             raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
         if self._stopped:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
-        if retry is not None and not isinstance(retry, Retry):
-            raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
+        require_retry(retry)
         job = Job(func, args, kwargs or {}, retry=retry)
         record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
         if delay is not None or at is not None:
-            record['eta'] = job.eta = _eta(delay, at, job.enqueued_at)
+            record['eta'] = job.eta = eta_of(delay, at, job.enqueued_at)
         if self._backend_check is not None:
             self._backend_check(job)  # e.g. rq: an importable callable, picklable arguments
         txn = None
@@ -213,8 +216,7 @@ class JobQueue:
         eta = time.time() + delay
         fields = {'state': 'queued', 'attempt': job.attempt, 'eta': eta,
                   'detail': f'attempt {job.attempt} failed; retrying in {delay:.3g} s',
-                  'error': {'type': error.type, 'message': error.message,
-                            'traceback': error.traceback}}
+                  'error': error.as_record()}
         self._guard(self.store.update, job.id, fields)
         if self.hooks:
             self.hooks.emit('retrying', job, error, delay)
@@ -302,8 +304,7 @@ class JobQueue:
         if result is not None:
             fields['result'] = result
         if error is not None:
-            fields['error'] = {'type': error.type, 'message': error.message,
-                               'traceback': error.traceback}
+            fields['error'] = error.as_record()
         if detail:
             fields['detail'] = detail
         try:
@@ -407,12 +408,3 @@ class JobQueue:
 
 
 _QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for q in list(_QUEUES):
-        q._after_fork()
-
-
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -62,6 +62,12 @@ def retry(on: Any = (Exception,), max_retries: int = 3, backoff: float = 1.0,
     return mark
 
 
+def require_retry(retry: Any) -> None:
+    """Raise ``TypeError`` unless ``retry`` is ``None`` or a :class:`Retry`."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f'retry must be a tgext.asyncjob.Retry, got {retry!r}')
+
+
 def policy_for(job_retry: Retry | None, func: Callable[..., Any]) -> Retry | None:
     """The job's own policy, else its callable's, else none."""
     return job_retry if job_retry is not None else getattr(func, '__asyncjob_retry__', None)
