@@ -513,6 +513,12 @@ def _jobs_link(base: str) -> Markup:
     return Markup('<p><a href="{}/jobs">All recent jobs</a></p>\n').format(base)
 
 
+def _breakable(name: str) -> Markup:
+    # A dotted name may wrap after each dot, and only there: a narrow column then
+    # shows "tgext.asyncjob." / "demo.app.write_rows", never "dem" / "o.app".
+    return Markup('.<wbr>').join(name.split('.'))
+
+
 def _jobs_table(jobs: list[JobStatus], base: str, details: bool) -> Markup:
     if not jobs:
         return Markup('<p>No jobs yet.</p>')
@@ -526,7 +532,7 @@ def _jobs_table(jobs: list[JobStatus], base: str, details: bool) -> Markup:
             '<td>{percent}</td><td class="asyncjob-time">{enqueued}</td>'
             '<td class="asyncjob-time">{took}</td><td>{error}</td></tr>'
         ).format(state=status.state.value, base=base, id=status.id, short=status.id[:12],
-                 name=status.name or '', state_text=_STATE_TEXT.get(status.state.value,
+                 name=_breakable(status.name or ''), state_text=_STATE_TEXT.get(status.state.value,
                                                                      status.state.value),
                  percent='' if percent is None else f'{percent}%',
                  enqueued=_time(status.enqueued_at), took=_took(status),
