@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-import traceback
 import typing
 from types import SimpleNamespace
 
@@ -31,23 +30,6 @@ from jobhelpers import Gate, wait_finished
 from services import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def started(monkeypatch):
-    """``started(**options)``: a started queue on fresh globals; all stopped after."""
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
-    queues = []
-
-    def start(tracker=None, **options):
-        q = start_async_worker(SimpleNamespace(), tracker, **options)
-        queues.append(q)
-        return q
-
-    yield start
-    for q in queues:
-        if not q.stopped:
-            q.stop(10)
 
 
 @pytest.fixture
@@ -165,45 +147,6 @@ def test_case3_an_on_commit_job_committing_after_stop_is_reported_not_queued(
     assert 'commit' in status.detail
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert held_jobs(q) == []
-
-
-# -------------------------------------------------- case 4: fork (queue side)
-
-@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
-def test_case4_a_forked_child_holds_none_of_the_parents_jobs(started):
-    q = started()
-    gate = Gate()
-    running = q.perform(gate.job)
-    gate.wait_entered()
-    queued = q.perform(print, ('parent',))
-    delayed = q.perform(print, ('parent',), delay=60)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            report = {'cancel_parent': q.cancel(queued)}
-            child = q.perform(len, ('abc',))
-            report['child'] = q.wait(child, 30).result
-            report['unrun'] = q.stop(5)
-            os.write(write_fd, json.dumps(report).encode())
-            code = 0
-        except BaseException:
-            os.write(write_fd, traceback.format_exc().encode())
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=60,
-             message='the forked child did not exit')
-    with os.fdopen(read_fd) as f:
-        output = f.read()
-    report = json.loads(output)  # a traceback here means the child failed
-    assert report == {'cancel_parent': False, 'child': 3, 'unrun': []}
-    gate.release()
-    assert wait_finished(q, running).state.value == 'succeeded'
-    assert wait_finished(q, queued).state.value == 'succeeded'
-    assert q.cancel(delayed) is True
 
 
 # --------------------------------------------------------- case 5: exit

@@ -9,14 +9,12 @@ import sys
 import textwrap
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 from tg import expose
 
 import tgext.asyncjob
-from tgext.asyncjob import (QueueFull, QueueStopped, asyncjob_perform,
-                            start_async_worker, tgwiring)
+from tgext.asyncjob import QueueFull, QueueStopped, asyncjob_perform
 
 from jobhelpers import Gate, wait_finished
 from sampleapp import model
@@ -25,29 +23,6 @@ from services import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {}
-
-
-@pytest.fixture
-def isolated(monkeypatch):
-    """Outside a request, find queues only through ``start_async_worker``'s default:
-    an application built by an earlier test stays the process configuration."""
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
-
-
-@pytest.fixture
-def started(isolated):
-    """``started(**options)`` starts a worker on fresh globals; all stopped after."""
-    queues = []
-
-    def start(**options):
-        q = start_async_worker(SimpleNamespace(), **options)
-        queues.append(q)
-        return q
-
-    yield start
-    for q in queues:
-        if not q.stopped:
-            q.stop(10)
 
 
 def unrun_warnings(caplog):
@@ -253,8 +228,7 @@ def test_stop_reports_what_it_could_not_run(started, caplog):
 
 EXIT_SCRIPT = textwrap.dedent('''
     import json, logging, os, sys, threading
-    from types import SimpleNamespace
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format='%(levelname)s %(name)s %(message)s')
     from tgext.asyncjob import start_async_worker
 

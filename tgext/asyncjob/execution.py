@@ -31,7 +31,7 @@ def invoke(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any
     if inspect.iscoroutine(result):
         return asyncio.run(result)
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
-        raise TypeError(f'the job returned a generator, whose body would never run: '
+        raise TypeError('the job returned a generator, whose body would never run: '
                         f'queue a function that does the work and returns its result')
     return result
 
