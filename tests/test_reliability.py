@@ -228,7 +228,8 @@ def test_stop_reports_what_it_could_not_run(started, caplog):
 
 EXIT_SCRIPT = textwrap.dedent('''
     import json, logging, os, sys, threading
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    from types import SimpleNamespace
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format='%(levelname)s %(name)s %(message)s')
     from tgext.asyncjob import start_async_worker
 

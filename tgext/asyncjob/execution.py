@@ -32,7 +32,7 @@ def invoke(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any
         return asyncio.run(result)
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
         raise TypeError('the job returned a generator, whose body would never run: '
-                        f'queue a function that does the work and returns its result')
+                        'queue a function that does the work and returns its result')
     return result
 
 
