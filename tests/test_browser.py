@@ -347,6 +347,26 @@ def test_layout_fits_a_phone_and_a_wide_screen(demo, browser, gate, width):
     demo.queue.wait(running, JOB_TIMEOUT)
 
 
+def refuse_upload(gate):
+    from tgext.asyncjob.errors import JobFailed
+    gate.wait(JOB_TIMEOUT)
+    raise JobFailed("The file is larger than 10 MB.")
+
+
+def test_a_job_failing_while_watched_shows_its_message_alone(demo, browser, gate):
+    """The widget's own rendering (asyncjob.js) of a JobFailed: the message, no type."""
+    from selenium.webdriver.common.by import By
+
+    jobid = demo.queue.perform(refuse_upload, (gate,))
+    browser.get("%s/asyncjob/progress/%s" % (demo.url, jobid))
+    _wait_state(browser, "running")
+    gate.set()
+    _wait_state(browser, "failed")
+    assert browser.find_element(By.CSS_SELECTOR, ".asyncjob-error").text == \
+        "The file is larger than 10 MB."
+    assert _text(browser.find_element(By.CSS_SELECTOR, ".asyncjob-line")) == "Failed"
+
+
 def test_readme_shows_the_screenshots_this_test_takes():
     """README's images are exactly the PNG files written by the tests above."""
     readme = (ROOT / "README.rst").read_text()

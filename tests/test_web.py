@@ -396,25 +396,26 @@ def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_
     assert status_json(app, jobid)["error"]["message"] == HIDDEN_ERROR
 
 
-def test_a_public_error_message_is_shown():
-    """What the pages show of an error whose record says it is meant for the user
-    (``JobError.public``, set for ``JobFailed``)."""
-    import dataclasses
-    from tgext.asyncjob.job import JobError
-    from tgext.asyncjob.web import error_body, status_body
+def cannot_import():
+    from tgext.asyncjob.errors import JobFailed
+    raise JobFailed("The file is larger than 10 MB <sorry>.")
 
-    @dataclasses.dataclass(frozen=True)
-    class PublicError(JobError):
-        public: bool = True
 
-    error = PublicError("JobFailed", "The file is larger than 10 MB.", "Traceback...")
-    assert error_body(error, details=False) == {
-        "type": "JobFailed", "message": "The file is larger than 10 MB.", "public": True}
-    assert error_body(error, details=True)["traceback"] == "Traceback..."
-    body = status_body(JobStatus(id="0" * 32, state=JobState.FAILED, error=error), False)
-    assert body["error"]["message"] == "The file is larger than 10 MB."
-    hidden = JobError("KeyError", "'password'", "Traceback...")
-    assert error_body(hidden, details=False)["message"] == HIDDEN_ERROR
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_job_failed_message_is_shown_to_anyone(web_app, debug):
+    """``JobFailed(message)``: a message meant for the user, shown where others are not."""
+    app = web_app(debug=debug, **{"asyncjob.jobs_access": True})
+    jobid = queue_of(app).perform(cannot_import)
+    assert finished(app, jobid).error.public is True
+    error = status_json(app, jobid)["error"]
+    assert (error["type"], error["message"], error["public"]) == (
+        "JobFailed", "The file is larger than 10 MB <sorry>.", True)
+    assert ("traceback" in error) is debug
+    page = app.get("/asyncjob/progress/%s" % jobid)
+    assert page.html.select_one(".asyncjob-error").text == \
+        "The file is larger than 10 MB <sorry>."
+    assert "The file is larger than 10 MB <sorry>." in \
+        app.get("/asyncjob/jobs").html.select_one("tbody tr").text
 
 
 # ------------------------------------------------------------ wording and the way back

@@ -177,7 +177,7 @@ def error_body(error: JobError | None, details: bool, traceback: bool = True
     ``public``, and ``traceback`` when ``details`` and ``traceback``."""
     if error is None:
         return None
-    public = getattr(error, 'public', False) is True
+    public = bool(error.public)
     body: dict[str, Any] = {'type': error.type,
                             'message': error.message if details or public else HIDDEN_ERROR,
                             'public': public}
