@@ -14,35 +14,36 @@ Endpoints, below the mount point:
 * ``jobs``: recent jobs (``jobs.json`` for JSON), behind ``asyncjob.jobs_access``;
 * ``static/asyncjob.js`` and ``static/asyncjob.css``: the page's script and style.
 
-The HTML is built here from small escaped strings rather than templates, so the pages
-work whatever template engines the application has configured.
+What the pages show is built by :mod:`~tgext.asyncjob.webview`; who may see error
+details and the job list is decided by :mod:`~tgext.asyncjob.webaccess`.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import hashlib
 import logging
-import math
 import re
 import urllib.parse
 from importlib import resources
-from typing import Any, Callable, Mapping, TypeGuard
+from typing import Any, Mapping
 
 import tg
 from markupsafe import Markup
 from tg import TGController, expose
 from tg.exceptions import HTTPNotModified
-from tg.support.converters import asbool
 
 from . import jsonsafe
 from .errors import NoWorkerError, TrackerUnavailable
-from .job import JobError, JobState, JobStatus
+from .job import JobState, JobStatus
+from .webaccess import check_access_rules, jobs_page_allowed, tracebacks_allowed
+from .webview import (HIDDEN_ERROR, PAGE, STATE_TEXT, bar_html, error_body, error_text,
+                      jobs_table, message_of, percent_of, status_body)
 
 log = logging.getLogger('tgext.asyncjob')
 
-__all__ = ['AsyncJobController', 'progress_snippet', 'percent_of', 'status_body', 'mount',
-           'mount_from_config', 'check_access_rules', 'DEFAULT_MOUNT', 'HIDDEN_ERROR']
+# Some names are re-exported from webview and webaccess, where they live now.
+__all__ = ['AsyncJobController', 'progress_snippet', 'percent_of', 'status_body', 'error_body',
+           'mount', 'mount_from_config', 'check_access_rules', 'tracebacks_allowed',
+           'jobs_page_allowed', 'DEFAULT_MOUNT', 'HIDDEN_ERROR']
 
 #: Where :func:`mount_from_config` puts the controller unless ``asyncjob.mount`` says otherwise.
 DEFAULT_MOUNT = 'asyncjob'
@@ -59,44 +60,8 @@ _JOBS_LIMIT_MAX = 500
 # answered 404 before any lookup or rendering: it never reaches a tracker, a page or a URL.
 _JOB_ID = re.compile(r'[0-9a-f]{32}')
 
-#: Shown instead of a failed job's message unless tracebacks are allowed or the job
-#: raised :class:`~tgext.asyncjob.errors.JobFailed` (a message meant for the user):
-#: messages of other exceptions can carry SQL, parameters, paths or secrets.
-HIDDEN_ERROR = 'The job could not be completed. The details are in the server log.'
-
 
 # -- helpers usable from any page ---------------------------------------------------
-
-def percent_of(status: JobStatus) -> int | None:
-    """The job's progress as a whole percent, 0..100, or ``None`` when unknown.
-
-    A finished successful job is 100. Progress data that is a dict with numeric
-    ``total`` and ``done`` wins over the progress value (jobs that count items often
-    report both); otherwise the progress value is read as a percent and clamped.
-    """
-    if status.state is JobState.SUCCEEDED:
-        return 100
-    data = status.data
-    if isinstance(data, dict):
-        total, done = data.get('total'), data.get('done')
-        if _is_number(total) and _is_number(done) and total > 0:
-            percent = _clamp(done * 100 // total)
-            if percent is not None:
-                return percent
-    if status.state is JobState.QUEUED:
-        return 0
-    return _clamp(status.progress)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    """A finite int or float: progress data may hold inf or NaN, which have no percent."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _clamp(value: Any) -> int | None:
-    return max(0, min(100, int(value))) if _is_number(value) else None
-
 
 def _url(path: str) -> str:
     """``tg.url(path)`` inside a request (adds the app's SCRIPT_NAME), else ``path``."""
@@ -118,166 +83,13 @@ def progress_snippet(jobid: str, mount: str = '/' + DEFAULT_MOUNT,
     """
     base = mount.rstrip('/')
     status_url = _url(f'{base}/status/{jobid}.json')
-    html = _bar_html(jobid, status_url, state='queued', percent=0, text='Queued')
+    html = bar_html(jobid, status_url, state='queued', percent=0, text='Queued')
     if include_assets:
         html = (Markup('<link rel="stylesheet" href="{css}">\n'
                        '<script src="{js}" defer></script>\n')
                 .format(css=_url(f'{base}/static/asyncjob.css'),
                         js=_url(f'{base}/static/asyncjob.js')) + html)
     return html
-
-
-def _bar_html(jobid: str, status_url: str, state: str, percent: int | None, text: str,
-              error: str = '', traceback: str = '', message: str = '') -> Markup:
-    """The progress widget; ``asyncjob.js`` finds it by ``data-asyncjob-status``."""
-    if state == 'queued':
-        # Waiting has no percent: the bar shows a moving stripe and the line just
-        # "Queued", as asyncjob.js does.
-        percent = None
-    # role=progressbar without aria-valuenow is "indeterminate", right for unknown progress.
-    valuenow = Markup('') if percent is None else Markup(' aria-valuenow="{}"').format(percent)
-    width = 0 if percent is None else percent
-    return Markup(
-        '<div class="asyncjob" data-asyncjob-status="{url}" data-state="{state}">\n'
-        '  <div class="asyncjob-bar" role="progressbar" aria-label="Progress of job {jobid}"'
-        ' aria-valuemin="0" aria-valuemax="100"{valuenow}>'
-        '<div class="asyncjob-fill" style="width: {width}%"></div></div>\n'
-        '  <p class="asyncjob-line"><span class="asyncjob-percent">{percent_text}</span>'
-        ' <span class="asyncjob-state" role="status" aria-live="polite">{text}</span></p>\n'
-        '  <p class="asyncjob-message">{message}</p>\n'
-        '  <p class="asyncjob-error" role="alert"{error_hidden}>{error}</p>\n'
-        '  <details class="asyncjob-traceback"{tb_hidden}><summary>Traceback</summary>'
-        '<pre>{traceback}</pre></details>\n'
-        '</div>\n'
-    ).format(url=status_url, state=state, jobid=jobid, valuenow=valuenow, width=width,
-             percent_text='' if percent is None else f'{percent}%', text=text, error=error,
-             message=message, error_hidden=Markup('') if error else Markup(' hidden'),
-             traceback=traceback, tb_hidden=Markup('') if traceback else Markup(' hidden'))
-
-
-def status_body(status: JobStatus, details: bool, traceback: bool = True) -> dict[str, Any]:
-    """The status JSON of a job: its :class:`JobStatus` fields, ``percent`` and
-    ``finished``; the error as :func:`error_body` shows it.
-
-    Built from the fields one level deep (not ``dataclasses.asdict``, which deep-copies
-    and fails on circular or uncopyable results); :func:`jsonsafe.dumps` encodes it.
-    """
-    body = {field.name: getattr(status, field.name) for field in dataclasses.fields(status)}
-    body['state'] = status.state.value
-    body['error'] = error_body(status.error, details, traceback)
-    body['percent'] = percent_of(status)
-    body['finished'] = status.finished
-    return body
-
-
-def error_body(error: JobError | None, details: bool, traceback: bool = True
-               ) -> dict[str, Any] | None:
-    """A failed job's error as the pages show it: ``type``, ``message`` (the job's own
-    when ``details`` are allowed or the error is public, else :data:`HIDDEN_ERROR`),
-    ``public``, and ``traceback`` when ``details`` and ``traceback``."""
-    if error is None:
-        return None
-    public = bool(error.public)
-    body: dict[str, Any] = {'type': error.type,
-                            'message': error.message if details or public else HIDDEN_ERROR,
-                            'public': public}
-    if details and traceback:
-        body['traceback'] = error.traceback
-    return body
-
-
-def _error_text(error: dict[str, Any] | None) -> str:
-    """One line for a page (the same rule as asyncjob.js): a public message alone,
-    otherwise ``Type: message``."""
-    if error is None:
-        return ''
-    return error['message'] if error['public'] else f"{error['type']}: {error['message']}"
-
-
-def _message_of(status: JobStatus) -> str:
-    """What the job says of itself: its data if text, ``data['message']``, or the detail
-    (the same rule as asyncjob.js)."""
-    data = status.data
-    if isinstance(data, str):
-        return data
-    if isinstance(data, dict) and isinstance(data.get('message'), str):
-        return data['message']
-    return status.detail or ''
-
-
-_STATE_TEXT = {
-    'queued': 'Queued',
-    'running': 'Running',
-    'succeeded': 'Completed',
-    'failed': 'Failed',
-    'cancelled': 'Cancelled',
-    'not_found': 'Not found',
-    'unknown': 'Unknown',
-}
-
-
-# -- access rules -------------------------------------------------------------------
-
-_ACCESS_SETTINGS = ('asyncjob.show_tracebacks', 'asyncjob.jobs_access')
-
-
-def _access_rule(conf: Mapping[str, Any], key: str) -> bool | Callable[[], Any] | None:
-    """The rule ``conf[key]`` holds: ``None`` (unset), a callable, or a bool.
-
-    Raises ValueError naming the setting for a value that is none of these (an .ini
-    string such as ``yes please``).
-    """
-    rule = conf.get(key)
-    if rule is None or callable(rule):
-        return rule
-    try:
-        return asbool(rule)
-    except ValueError:
-        raise ValueError(
-            f'{key} = {rule!r} is not valid: use true or false (also yes/no, on/off, 1/0) '
-            'or a callable taking no arguments that returns whether to allow') from None
-
-
-def check_access_rules(conf: Mapping[str, Any]) -> None:
-    """Raise ValueError, naming the setting and its valid values, if
-    ``asyncjob.show_tracebacks`` or ``asyncjob.jobs_access`` is not a valid rule.
-    Called at start-up by :func:`mount_from_config`."""
-    for key in _ACCESS_SETTINGS:
-        _access_rule(conf, key)
-
-
-def _allowed(conf: Mapping[str, Any], key: str) -> bool:
-    """``conf[key]`` decides when set (a bool, an .ini string, or a callable taking no
-    arguments that returns one); unset, only a ``debug`` application allows.
-
-    A failing predicate or an invalid value denies: a bug in an access check must not
-    open the page (an invalid value fails at start-up where :func:`mount_from_config`
-    runs; a controller mounted by hand in an app that is not plugged only logs it).
-    """
-    try:
-        rule = _access_rule(conf, key)
-    except ValueError as exc:
-        log.error('tgext.asyncjob: %s; denying', exc)
-        return False
-    if rule is None:
-        return asbool(conf.get('debug', False))
-    if callable(rule):
-        try:
-            return bool(rule())
-        except Exception:
-            log.exception('tgext.asyncjob: the %s predicate failed; denying', key)
-            return False
-    return rule
-
-
-def tracebacks_allowed() -> bool:
-    """True when this request may see job tracebacks (``asyncjob.show_tracebacks``)."""
-    return _allowed(tg.config, 'asyncjob.show_tracebacks')
-
-
-def jobs_page_allowed() -> bool:
-    """True when this request may list jobs (``asyncjob.jobs_access``)."""
-    return _allowed(tg.config, 'asyncjob.jobs_access')
 
 
 # -- the controller ---------------------------------------------------------------
@@ -337,38 +149,6 @@ def _back_url() -> tuple[str, str]:
     return request.script_name + '/', 'Back to the application'
 
 
-def _time(ts: float | None) -> str:
-    if ts is None:
-        return ''
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
-        '%Y-%m-%d %H:%M:%S')
-
-
-def _took(status: JobStatus) -> str:
-    if status.started_at is None or status.finished_at is None:
-        return ''
-    return f'{max(status.finished_at - status.started_at, 0):.1f} s'
-
-
-_PAGE = Markup('''<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<link rel="stylesheet" href="{base}/static/asyncjob.css">
-<script src="{base}/static/asyncjob.js" defer></script>
-</head>
-<body class="asyncjob-page">
-<main>
-{nav}<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>
-''')
-
-
 class AsyncJobController(TGController):
     """Job status as JSON, a progress page, and a list of recent jobs.
 
@@ -415,14 +195,14 @@ class AsyncJobController(TGController):
         if status is None:
             state = 'unknown' if code == 503 else 'not_found'
             text = 'Status unavailable, retrying' if code == 503 else 'Not found'
-            bar = _bar_html(jobid, status_url, state, None, text)
+            bar = bar_html(jobid, status_url, state, None, text)
         else:
             state = status.state.value
             details = tracebacks_allowed()
             error = error_body(status.error, details)
-            bar = _bar_html(jobid, status_url, state, percent_of(status),
-                            _STATE_TEXT.get(state, state), _error_text(error),
-                            error.get('traceback', '') if error else '', _message_of(status))
+            bar = bar_html(jobid, status_url, state, percent_of(status),
+                            STATE_TEXT.get(state, state), error_text(error),
+                            error.get('traceback', '') if error else '', message_of(status))
         body = Markup('<p class="asyncjob-id">Job <code>{jobid}</code>{name}</p>\n{bar}'
                       '<noscript><p>Reload this page to see the latest progress.</p></noscript>\n'
                       '{jobs}').format(jobid=jobid, bar=bar, jobs=_jobs_link(base),
@@ -431,7 +211,7 @@ class AsyncJobController(TGController):
         back, back_text = _back_url()
         nav = Markup('<nav class="asyncjob-nav"><a class="asyncjob-back" href="{}">{}</a>'
                      '</nav>\n').format(back, back_text)
-        page = _PAGE.format(title='Job progress', base=base, body=body, nav=nav)
+        page = PAGE.format(title='Job progress', base=base, body=body, nav=nav)
         return _respond(str(page), 'text/html', code)
 
     @expose()
@@ -459,15 +239,15 @@ class AsyncJobController(TGController):
         if as_json:
             items = [status_body(status, details, traceback=False) for status in jobs]
             return _respond(jsonsafe.dumps({'jobs': items}), 'application/json')
-        page = _PAGE.format(title='Recent jobs', base=base, nav='',
-                            body=_jobs_table(jobs, base, details))
+        page = PAGE.format(title='Recent jobs', base=base, nav='',
+                            body=jobs_table(jobs, base, details))
         return _respond(str(page), 'text/html')
 
     def _jobs_error(self, as_json: bool, base: str, code: int, message: str) -> bytes:
         if as_json:
             return _respond(jsonsafe.dumps({'error': message}), 'application/json', code)
         body = Markup('<p class="asyncjob-error" role="alert">{}</p>').format(message)
-        return _respond(str(_PAGE.format(title='Recent jobs', base=base, body=body, nav='')),
+        return _respond(str(PAGE.format(title='Recent jobs', base=base, body=body, nav='')),
                         'text/html', code)
 
     @expose()
@@ -511,38 +291,6 @@ def _jobs_link(base: str) -> Markup:
     if not jobs_page_allowed():
         return Markup('')
     return Markup('<p><a href="{}/jobs">All recent jobs</a></p>\n').format(base)
-
-
-def _breakable(name: str) -> Markup:
-    # A dotted name may wrap after each dot, and only there: a narrow column then
-    # shows "tgext.asyncjob." / "demo.app.write_rows", never "dem" / "o.app".
-    return Markup('.<wbr>').join(name.split('.'))
-
-
-def _jobs_table(jobs: list[JobStatus], base: str, details: bool) -> Markup:
-    if not jobs:
-        return Markup('<p>No jobs yet.</p>')
-    rows = []
-    for status in jobs:
-        percent = percent_of(status)
-        error = _error_text(error_body(status.error, details)) or status.detail
-        rows.append(Markup(
-            '<tr data-state="{state}"><td><a href="{base}/progress/{id}"><code>{short}</code></a>'
-            '</td><td class="asyncjob-name">{name}</td><td><span class="asyncjob-badge">{state_text}</span></td>'
-            '<td>{percent}</td><td class="asyncjob-time">{enqueued}</td>'
-            '<td class="asyncjob-time">{took}</td><td>{error}</td></tr>'
-        ).format(state=status.state.value, base=base, id=status.id, short=status.id[:12],
-                 name=_breakable(status.name or ''), state_text=_STATE_TEXT.get(status.state.value,
-                                                                     status.state.value),
-                 percent='' if percent is None else f'{percent}%',
-                 enqueued=_time(status.enqueued_at), took=_took(status),
-                 error=error))
-    return Markup(
-        '<div class="asyncjob-scroll"><table class="asyncjob-jobs">\n<thead><tr><th scope="col">Job</th>'
-        '<th scope="col">Callable</th><th scope="col">State</th><th scope="col">Progress</th>'
-        '<th scope="col">Queued (UTC)</th><th scope="col">Took</th>'
-        '<th scope="col">Detail</th></tr></thead>\n<tbody>\n{}\n</tbody>\n</table></div>'
-    ).format(Markup('\n').join(rows))
 
 
 # -- mounting -------------------------------------------------------------------------
