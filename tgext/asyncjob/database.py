@@ -1,32 +1,94 @@
-"""Running a job inside its own ``transaction`` and SQLAlchemy session.
+"""A job's database work, as TurboGears does it for a request.
 
-The job's thread uses ``transaction.manager`` (thread-local, like TurboGears' ``tm``),
-so the app's zope-registered ``DBSession`` joins the job's transaction on first use.
+Each job runs in its own ``transaction`` (thread-local, like TurboGears' ``tm``), so
+the app's zope-registered SQLAlchemy ``DBSession`` joins it on first use. A Ming app's
+unit of work is flushed when the job returns and discarded when it raises, as TG's
+``MingApplicationWrapper`` does; after every job the app's sessions are closed, as
+TG's ``DBSessionRemoverMiddleware`` and ``MingSessionRemoverMiddleware`` do.
+
+Sessions are recognised by their class (SQLAlchemy's ``scoped_session``, Ming's
+``ThreadLocalODMSession``), never by a guessed method name: Ming's ``remove()`` deletes
+documents.
 """
 from __future__ import annotations
 
+import logging
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import transaction
+from sqlalchemy.orm import scoped_session
+
+log = logging.getLogger('tgext.asyncjob')
+
+#: Configuration keys where TurboGears keeps an application's sessions.
+SESSION_KEYS = ('DBSession', 'SQLASession', 'MingSession')
+
+
+def _thread_local_odm_session() -> Any:
+    """Ming's ``ThreadLocalODMSession`` class if Ming is imported, else ``None``
+    (an application whose sessions are Ming's has imported it)."""
+    odm = sys.modules.get('ming.odm')
+    return getattr(odm, 'ThreadLocalODMSession', None)
+
+
+def _sessions(conf: Mapping[str, Any] | None) -> list[Any]:
+    return [conf[k] for k in SESSION_KEYS if conf is not None and conf.get(k) is not None]
+
+
+def uses_ming(conf: Mapping[str, Any] | None) -> bool:
+    """True if the application keeps documents in Ming: TG's ``ming.enabled`` (set
+    from ``use_ming``), or one of its sessions is a ``ThreadLocalODMSession``."""
+    if conf is None:
+        return False
+    odm_session = _thread_local_odm_session()
+    if odm_session is None:
+        return False
+    return bool(conf.get('ming.enabled', conf.get('use_ming', False))) or any(
+        isinstance(s, odm_session) for s in _sessions(conf))
+
+
+def _ming_autoflush(conf: Mapping[str, Any] | None) -> bool:
+    # TG sets ming.autoflush (default true) when Ming is enabled: honour it as TG does.
+    return uses_ming(conf) and bool(conf.get('ming.autoflush', True))  # type: ignore[union-attr]
 
 
 def run_in_transaction(func: Callable[..., Any], args: tuple = (),
-                       kwargs: dict[str, Any] | None = None, attempts: int = 1) -> Any:
+                       kwargs: dict[str, Any] | None = None, attempts: int = 1,
+                       conf: Mapping[str, Any] | None = None) -> Any:
     """Call ``func(*args, **kwargs)`` in a fresh transaction: commit if it returns,
     abort if it raises (anything, ``SystemExit`` included) and re-raise.
 
+    With ``conf`` (the application's configuration) a Ming application's unit of work
+    is flushed when ``func`` returns, before the commit (a failed flush fails the job
+    and rolls its SQL back), and discarded when it raises.
+
     Up to ``attempts`` tries when the error is one the ``transaction`` package calls
     retryable (``TransientError``, or a data manager's ``should_retry``: zope.sqlalchemy
-    says yes to serialization failures and deadlocks), each in a fresh transaction,
-    as TurboGears' ``tm.attempts`` does for requests.
+    says yes to serialization failures and deadlocks), each in a fresh transaction, as
+    TurboGears' ``tm.attempts`` does for requests.
     """
     manager = transaction.manager
     kwargs = kwargs or {}
+    flush_ming = _ming_autoflush(conf)
+    ming = uses_ming(conf)
+
+    def body() -> Any:
+        try:
+            result = func(*args, **kwargs)
+            if flush_ming:
+                _thread_local_odm_session().flush_all()
+            return result
+        except BaseException:
+            if ming:
+                _thread_local_odm_session().close_all()  # discard the unit of work
+            raise
+
     if attempts <= 1:  # the common case, without the attempts() machinery
         manager.begin()
         try:
-            result = func(*args, **kwargs)
+            result = body()
             manager.commit()
         except BaseException:
             manager.abort()
@@ -34,17 +96,27 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
         return result
     for attempt in manager.attempts(int(attempts)):
         with attempt:
-            result = func(*args, **kwargs)
+            result = body()
     return result
 
 
-def remove_session(dbsession: Any) -> None:
-    """Give the job's thread a clean session next time (scoped_session or Ming)."""
-    if dbsession is None:
-        return
-    remove = getattr(dbsession, 'remove', None) or getattr(dbsession, 'clear_all', None)
-    if remove is not None:
-        remove()
+def end_job_sessions(conf: Mapping[str, Any] | None) -> None:
+    """Close every session of the application after a job, so the next job on this
+    thread starts clean: SQLAlchemy ``scoped_session.remove()``, Ming
+    ``ThreadLocalODMSession.close_all()``. Never raises: a failure is logged."""
+    odm_session = _thread_local_odm_session()
+    for session in _sessions(conf):
+        if isinstance(session, scoped_session):
+            _logged(session.remove, 'removing the SQLAlchemy session')
+    if odm_session is not None and uses_ming(conf):
+        _logged(odm_session.close_all, 'closing the Ming sessions')
+
+
+def _logged(call: Callable[[], Any], what: str) -> None:
+    try:
+        call()
+    except Exception:
+        log.exception('asyncjob: %s after a job failed', what)
 
 
 def asyncjob_timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:

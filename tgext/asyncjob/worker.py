@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .context import enter_job, leave_job
-from .database import remove_session, run_in_transaction
+from .database import end_job_sessions, run_in_transaction
 from .errors import QueueFull, QueueStopped
 from .job import Job, JobError, JobState
 from .retry import policy_for
@@ -29,7 +29,7 @@ def run_job(q: JobQueue, job: Job) -> None:
     q.started(job)
     enter_job(q, job)
     try:
-        result = run_in_transaction(job.func, job.args, job.kwargs, q.attempts)
+        result = run_in_transaction(job.func, job.args, job.kwargs, q.attempts, conf=q.conf)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt must not end the worker
         leave_job()
         error = JobError.from_exception(exc)
@@ -47,10 +47,7 @@ def run_job(q: JobQueue, job: Job) -> None:
         leave_job()
         q.finished(job, JobState.SUCCEEDED, result=result)
     finally:
-        try:
-            remove_session(q.conf.get('DBSession') if q.conf is not None else None)
-        except Exception:
-            log.exception('asyncjob %s: removing the SQLAlchemy session failed', job.id)
+        end_job_sessions(q.conf)
 
 
 class WorkerThread(threading.Thread):
