@@ -13,7 +13,7 @@ from transaction.interfaces import TransientError
 
 from tgext.asyncjob import (TrackerUnavailable, asyncjob_get_progress, asyncjob_get_status,
                             asyncjob_perform, asyncjob_set_progress, start_async_worker,
-                            tgwiring)
+                            locate)
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 from jobhelpers import Gate, wait_finished
@@ -27,7 +27,7 @@ JOB = '0123456789abcdef0123456789abcdef'
 @pytest.fixture
 def isolated(monkeypatch):
     """Outside a request, find queues only through ``start_async_worker``'s default."""
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
 
 
 class Finished:

@@ -16,7 +16,7 @@ from tg import expose
 
 import tgext.asyncjob
 from tgext.asyncjob import (QueueFull, QueueStopped, asyncjob_perform,
-                            start_async_worker, tgwiring)
+                            locate, start_async_worker)
 
 from jobhelpers import Gate, wait_finished
 from sampleapp import model
@@ -31,7 +31,7 @@ GATES = {}
 def isolated(monkeypatch):
     """Outside a request, find queues only through ``start_async_worker``'s default:
     an application built by an earlier test stays the process configuration."""
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
 
 
 @pytest.fixture

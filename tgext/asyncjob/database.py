@@ -15,10 +15,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import weakref
 from typing import Any, Callable, Mapping
 
 import transaction
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import scoped_session
+
+from .forking import reset_in_child
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -117,6 +121,48 @@ def _logged(call: Callable[[], Any], what: str) -> None:
         call()
     except Exception:
         log.exception('asyncjob: %s after a job failed', what)
+
+
+def app_engines(conf: Mapping[str, Any] | None) -> list[Engine]:
+    """The SQLAlchemy engines TurboGears made for the application: ``sa_engine`` on its
+    globals, and every engine of a master/slaves (``balanced_engines``) setup."""
+    if conf is None:
+        return []
+    found = [getattr(conf.get('tg.app_globals'), 'sa_engine', None)]
+    found += list(((conf.get('balanced_engines') or {}).get('all') or {}).values())
+    engines: list[Engine] = []
+    for engine in found:
+        if isinstance(engine, Engine) and engine not in engines:
+            engines.append(engine)
+    return engines
+
+
+class _PoolsOfApp:
+    """Disposes an application's engine pools in a forked child (gunicorn --preload,
+    uWSGI without lazy-apps), so its jobs never use the parent's connections: two
+    processes on one socket mix up their statements. ``close=False`` leaves the
+    parent's connections open for the parent (SQLAlchemy's documented way)."""
+
+    def __init__(self, conf: Mapping[str, Any]):
+        self.conf = conf
+
+    def dispose(self) -> None:
+        for engine in app_engines(self.conf):
+            engine.dispose(close=False)
+
+
+# Each application's _PoolsOfApp lives as long as its queue (forking holds it weakly).
+_pools: weakref.WeakKeyDictionary[Any, _PoolsOfApp] = weakref.WeakKeyDictionary()
+
+
+def dispose_pools_in_child(owner: Any, conf: Mapping[str, Any] | None) -> None:
+    """In every forked child, while ``owner`` (the app's queue) lives, dispose the
+    pools of the application ``conf`` describes (engines looked up at fork time: they
+    may not exist yet when the queue starts, e.g. from ``Globals.__init__``)."""
+    if conf is None:
+        return
+    pools = _pools[owner] = _PoolsOfApp(conf)
+    reset_in_child(pools, 'dispose')
 
 
 def asyncjob_timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:
