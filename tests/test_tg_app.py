@@ -1,8 +1,11 @@
 """tgext.asyncjob inside real TurboGears 2.5 applications (WebTest, SQLite and PostgreSQL)."""
 
+import json
 import logging
+import os
 
 import pytest
+import sqlalchemy
 import transaction
 from tg import expose
 
@@ -424,3 +427,38 @@ def test_uwsgi_without_threads_is_detected_from_its_options():
     assert 'enable-threads' in uwsgi_warning({b'master': True, b'processes': b'4'})
     assert uwsgi_warning({b'enable-threads': True}) is None
     assert uwsgi_warning({'threads': b'4'}) is None
+
+
+# -- fork: the child never uses the parent's connections (issue 10 case 4) ---------------
+
+
+def backend_pid():
+    return db_session().execute(sqlalchemy.text('select pg_backend_pid()')).scalar()
+
+
+# Forking a process whose worker threads run is the very case under test.
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
+def test_a_forked_child_never_uses_the_parents_database_connections(make_app,
+                                                                     postgres_db_url):
+    app = make_app(postgres_db_url, extra_config={'asyncjob.workers': '2'})
+    q = queue_of(app)
+    parent_pid = wait_finished(q, q.perform(backend_pid)).result  # its connection is pooled
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            pids = [q.wait(q.perform(backend_pid), 30).result for _ in range(3)]
+            os.write(write_fd, json.dumps(pids).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        child_pids = json.loads(pipe.read() or 'null')
+    assert os.waitpid(pid, 0)[1] == 0
+    assert child_pids is not None and None not in child_pids
+    assert parent_pid not in child_pids
+    # The parent's pooled connection was left open for the parent (dispose(close=False)).
+    assert wait_finished(q, q.perform(backend_pid)).result == parent_pid
