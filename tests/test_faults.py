@@ -189,6 +189,44 @@ def test_database_connection_killed_mid_job_fails_that_job_only(make_app, postgr
         admin.dispose()
 
 
+def pooled_backend(barrier):
+    """Hold a pooled connection until every worker holds one: the pool fills up."""
+    pid = db_session().execute(text('SELECT pg_backend_pid()')).scalar()
+    barrier.wait(30)
+    return pid
+
+
+def test_jobs_survive_the_server_dropping_idle_pooled_connections(make_app, postgres_db_url,
+                                                                  postgres_url, caplog):
+    app = make_app(postgres_db_url, extra_config={'asyncjob.workers': '4'})
+    q = app.app_globals.asyncjob_queue
+    barrier = threading.Barrier(4)
+    held = [q.perform(pooled_backend, (barrier,)) for _ in range(4)]
+    pids = {wait_finished(q, i).result for i in held}
+    assert len(pids) == 4  # four idle connections now wait in the pool
+    admin = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.connect() as conn:  # what a server's idle timeout or a failover does
+            for pid in pids:
+                assert conn.execute(text('SELECT pg_terminate_backend(:p)'), {'p': pid}).scalar()
+
+        def backends_gone():
+            with admin.connect() as conn:
+                return not conn.execute(text(
+                    'SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)'),
+                    {'p': list(pids)}).scalar()
+
+        wait_for(backends_gone, message='backends still alive')
+    finally:
+        admin.dispose()
+    with caplog.at_level(logging.WARNING, logger='tgext.asyncjob'):
+        innocent = [q.perform(add, (f'row {i:02}',)) for i in range(20)]
+        states = [wait_finished(q, i).state.value for i in innocent]
+    assert states == ['succeeded'] * 20
+    assert names(app) == [f'row {i:02}' for i in range(20)]
+    assert any('closed before the job' in r.getMessage() for r in caplog.records)
+
+
 def bump(name, barrier):
     """Read the counter, meet the other job, then both update it: a write conflict."""
     CALLS[name] += 1

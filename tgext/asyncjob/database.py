@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Callable, Mapping
 
 import transaction
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import scoped_session
 
 from .forking import reset_in_child
@@ -58,6 +61,29 @@ def _ming_autoflush(conf: Mapping[str, Any] | None) -> bool:
     return uses_ming(conf) and bool(conf.get('ming.autoflush', True))  # type: ignore[union-attr]
 
 
+class _Statements(threading.local):
+    ran = False  # a class default: a thread that never ran a statement reads False
+
+
+_statements = _Statements()
+
+
+# Every engine of the process (an app's, or one a job made itself): a job may only be
+# run again after a dropped connection if none of its statements got through.
+@event.listens_for(Engine, 'after_cursor_execute')
+def _statement_ran(*args: Any) -> None:
+    _statements.ran = True
+
+
+def is_disconnect_before_work(exc: BaseException) -> bool:
+    """True if ``exc`` is SQLAlchemy's report of a dead connection (``is_disconnect``:
+    the server closed it, e.g. an idle timeout or ``pg_terminate_backend``) and no
+    statement of the current try had run: nothing reached the database, so running
+    the job again on a new connection is safe for its database work."""
+    return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+            and not _statements.ran)
+
+
 def run_in_transaction(func: Callable[..., Any], args: tuple = (),
                        kwargs: dict[str, Any] | None = None, attempts: int = 1,
                        conf: Mapping[str, Any] | None = None) -> Any:
@@ -71,9 +97,10 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
     Up to ``attempts`` tries when the error is one the ``transaction`` package calls
     retryable (``TransientError``, or a data manager's ``should_retry``: zope.sqlalchemy
     says yes to serialization failures and deadlocks), each in a fresh transaction, as
-    TurboGears' ``tm.attempts`` does for requests.
+    TurboGears' ``tm.attempts`` does for requests. A connection found dead before the
+    job's first statement (:func:`is_disconnect_before_work`) gets one more try, with
+    a new session.
     """
-    manager = transaction.manager
     kwargs = kwargs or {}
     flush_ming = _ming_autoflush(conf)
     ming = uses_ming(conf)
@@ -89,6 +116,23 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
                 _thread_local_odm_session().close_all()  # discard the unit of work
             raise
 
+    # A pooled connection the server dropped while idle fails the first statement
+    # that uses it; SQLAlchemy then renews the pool, so one more try gets a new one.
+    _statements.ran = False
+    try:
+        return _in_transactions(body, attempts)
+    except DBAPIError as exc:
+        if not is_disconnect_before_work(exc):
+            raise
+        log.warning('asyncjob: the database connection was closed before the job\'s first '
+                    'statement (%s); running it again on a new connection',
+                    str(exc).splitlines()[0])
+    end_job_sessions(conf)  # the next try opens a new session
+    return _in_transactions(body, attempts)
+
+
+def _in_transactions(body: Callable[[], Any], attempts: int) -> Any:
+    manager = transaction.manager
     if attempts <= 1:  # the common case, without the attempts() machinery
         manager.begin()
         try:
