@@ -462,3 +462,11 @@ def test_a_forked_child_never_uses_the_parents_database_connections(make_app,
     assert parent_pid not in child_pids
     # The parent's pooled connection was left open for the parent (dispose(close=False)).
     assert wait_finished(q, q.perform(backend_pid)).result == parent_pid
+
+
+def test_the_readme_settings_table_is_the_settings_definition():
+    import pathlib
+
+    from tgext.asyncjob import settings
+    readme = (pathlib.Path(__file__).parent.parent / 'README.rst').read_text()
+    assert settings.rst_table() in readme

@@ -148,14 +148,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
     Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
     Setting('tracker', _tracker, None,
-            '``memory`` or a ``redis://`` URL (default: memory; Redis with rq)'),
+            '``memory`` or a ``redis://`` URL; unset: memory (Redis with rq)'),
     Setting('backend', _backend, 'threads', '``threads`` or ``rq`` (see `Scaling out`_)'),
     Setting('mount', _mount, 'asyncjob', 'controller name on the root; false: not mounted',
             APP),
     Setting('show_tracebacks', _access, None,
-            'show failed jobs\' tracebacks (bool or predicate; unset: ``debug``)', APP),
+            'show failed jobs\' tracebacks: bool or predicate (unset: ``debug``)', APP),
     Setting('jobs_access', _access, None,
-            'who may see the ``jobs`` page (bool or predicate; unset: ``debug``)', APP),
+            'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -203,3 +203,25 @@ def backend_options(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any] |
     from_conf = {k[len(BACKEND_PREFIX):]: v for k, v in (conf or {}).items()
                  if k.startswith(BACKEND_PREFIX)}
     return {**(plugged or {}), **from_conf, **(explicit or {})}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if value is None:
+        return '(unset)'
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def rst_table() -> str:
+    """The settings as the reStructuredText table of the README."""
+    rows = [('key', 'default', 'meaning')]
+    rows += [(f'``{s.key}``', _shown(s.default), s.doc) for s in SETTINGS]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rule = '  '.join('=' * w for w in widths)
+
+    def line(row: tuple[str, str, str]) -> str:
+        return '  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return '\n'.join([rule, line(rows[0]), rule, *map(line, rows[1:]), rule])
