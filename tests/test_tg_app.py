@@ -470,3 +470,9 @@ def test_the_readme_settings_table_is_the_settings_definition():
     from tgext.asyncjob import settings
     readme = (pathlib.Path(__file__).parent.parent / 'README.rst').read_text()
     assert settings.rst_table() in readme
+
+
+def test_an_unknown_asyncjob_key_in_the_ini_fails_the_start_naming_the_valid_ones(
+        make_app, sqlite_db_url):
+    with pytest.raises(ValueError, match=r'asyncjob\.worker;.*asyncjob\.workers'):
+        make_app(sqlite_db_url, extra_config={'asyncjob.worker': '4'})

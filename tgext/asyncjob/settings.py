@@ -124,6 +124,11 @@ def _tracker(value: Any) -> Any:
     return value if value == 'memory' else check_redis_url(value)
 
 
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ''
+    return text or None
+
+
 def _mount(value: Any) -> str | None:
     # None: not mounted. An .ini says false/no/off/0 or nothing for that.
     if value is None or value is False:
@@ -156,6 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
             'show failed jobs\' tracebacks: bool or predicate (unset: ``debug``)', APP),
     Setting('jobs_access', _access, None,
             'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
+    Setting('back_url', _text, None,
+            'the progress page\'s link back (unset: the referring page of the site)', APP),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -172,6 +179,16 @@ def check_names(given: Iterable[str], allowed: Iterable[str], where: str) -> Non
                         f'valid: {", ".join(allowed)}')
 
 
+def check_conf_keys(conf: Mapping[str, Any] | None) -> None:
+    """``ValueError`` for an ``asyncjob.*`` key of the configuration that is no setting
+    (a typo such as ``asyncjob.worker``); ``asyncjob.backend.*`` keys are the backend's."""
+    unknown = sorted(k for k in (conf or {}) if isinstance(k, str) and k.startswith(PREFIX)
+                     and not k.startswith(BACKEND_PREFIX) and k[len(PREFIX):] not in BY_NAME)
+    if unknown:
+        raise ValueError(f'unknown setting(s) {", ".join(unknown)}; valid: '
+                         f'{", ".join(s.key for s in SETTINGS)}, {BACKEND_PREFIX}<option>')
+
+
 def coercion() -> dict[str, Callable[[Any], Any]]:
     """``{key: coerce}`` for a TurboGears ``ConfigurationComponent.get_coercion``."""
     return {s.key: s.coerce for s in SETTINGS}
@@ -181,6 +198,7 @@ def resolve(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any],
             explicit: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting's value: ``explicit`` arguments, else ``conf``'s key, else
     ``plugged`` options, else the default; each one checked (errors name the key)."""
+    check_conf_keys(conf)
     values = {}
     for setting in SETTINGS:
         if explicit.get(setting.name) is not None:

@@ -167,9 +167,9 @@ def pool_warning(engine: Any, job_threads: int, requests: int | None) -> str | N
     needed = job_threads + (requests or 0)
     if capacity >= needed:
         return None
-    requests_text = (f'{requests} request thread(s)' if requests is not None else
-                     'plus the request threads of your server')
+    requests_text = (f' + {requests} request thread(s)' if requests is not None else
+                     ' (the request threads of your server come on top)')
     return (f'the SQLAlchemy pool of {engine.url.render_as_string(hide_password=True)} '
             f'holds at most {capacity} connections (pool_size {size()} + max_overflow '
-            f'{overflow}), fewer than {job_threads} job thread(s) and {requests_text}: '
-            'raise sqlalchemy.pool_size / sqlalchemy.max_overflow')
+            f'{overflow}), fewer than {job_threads} job thread(s){requests_text}: '
+            'raise sqlalchemy.pool_size or sqlalchemy.max_overflow')
