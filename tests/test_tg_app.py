@@ -476,3 +476,19 @@ def test_an_unknown_asyncjob_key_in_the_ini_fails_the_start_naming_the_valid_one
         make_app, sqlite_db_url):
     with pytest.raises(ValueError, match=r'asyncjob\.worker;.*asyncjob\.workers'):
         make_app(sqlite_db_url, extra_config={'asyncjob.worker': '4'})
+
+
+def test_start_async_worker_takes_the_jobs_configuration_as_a_keyword(make_app,
+                                                                      sqlite_db_url):
+    import inspect
+
+    import tg
+    parameter = inspect.signature(tgext.asyncjob.start_async_worker).parameters.get('conf')
+    assert parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    app = make_app(sqlite_db_url, enable='none', extra_config={'marker': 'mine'})
+    from types import SimpleNamespace
+    q = tgext.asyncjob.start_async_worker(SimpleNamespace(), conf=app.config)
+    try:
+        assert wait_finished(q, q.perform(lambda: tg.config['marker'])).result == 'mine'
+    finally:
+        q.stop(10)

@@ -90,7 +90,8 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
     """Call ``func(*args, **kwargs)`` in a fresh transaction: commit if it returns,
     abort if it raises (anything, ``SystemExit`` included) and re-raise.
 
-    With ``conf`` (the application's configuration) a Ming application's unit of work
+    With ``conf`` (the application's configuration; default: the one this thread
+    pushed, as worker threads do) a Ming application's unit of work
     is flushed when ``func`` returns, before the commit (a failed flush fails the job
     and rolls its SQL back), and discarded when it raises.
 
@@ -102,6 +103,10 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
     a new session.
     """
     kwargs = kwargs or {}
+    if conf is None:
+        # The configuration the worker thread pushed for its application, if any.
+        from .locate import thread_conf
+        conf = thread_conf()
     flush_ming = _ming_autoflush(conf)
     ming = uses_ming(conf)
 
