@@ -38,11 +38,7 @@ def invoke(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any
 
 def end_sessions(conf: Mapping[str, Any] | None) -> None:
     """Close the application's sessions after a job (a clean session for the next)."""
-    end = getattr(database, 'end_job_sessions', None)
-    if end is not None:
-        end(conf)
-    else:  # until tgext.asyncjob.database provides end_job_sessions
-        database.remove_session(conf.get('DBSession') if conf is not None else None)
+    database.end_job_sessions(conf)
 
 
 class Runtime:
@@ -99,7 +95,8 @@ class Runtime:
         try:
             try:
                 result = database.run_in_transaction(
-                    invoke, (job.func, job.args, job.kwargs), None, self.attempts)
+                    invoke, (job.func, job.args, job.kwargs), None, self.attempts,
+                    conf=self.conf)
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: not the worker's
                 leave_job()
                 self._failed(job, exc)

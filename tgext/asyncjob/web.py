@@ -228,7 +228,7 @@ class AsyncJobController(TGController):
             count = max(1, min(int(limit), _JOBS_LIMIT_MAX))
         except ValueError:
             count = 50
-        from .tgwiring import current_queue
+        from .locate import current_queue
         try:
             jobs = current_queue().recent(count)
         except NotImplementedError as exc:
@@ -295,24 +295,25 @@ def _jobs_link(base: str) -> Markup:
 
 # -- mounting -------------------------------------------------------------------------
 
-def mount(root: Any, name: str = DEFAULT_MOUNT) -> AsyncJobController:
-    """Mount an :class:`AsyncJobController` as ``root.<name>``; return the one mounted.
+def mount(root: Any, name: str = DEFAULT_MOUNT) -> Any:
+    """Mount an :class:`AsyncJobController` as ``root.<name>``; return what is there.
 
     ``root`` is a root controller instance (mounted on it alone) or class. A root that
-    already has ``name`` (mounted by hand, or mounted before) is left alone.
+    already has ``name`` (mounted by hand, mounted before, or anything of the
+    application's own) is left alone; if it is not ours, that is logged.
     """
     existing = getattr(root, name, None)
-    if isinstance(existing, AsyncJobController):
-        return existing
     if existing is not None:
-        raise ValueError(f'cannot mount tgext.asyncjob at {name!r}: the root controller '
-                         f'already has {existing!r} there (set asyncjob.mount to another name)')
+        if not isinstance(existing, AsyncJobController):
+            log.warning('tgext.asyncjob: not mounted at /%s: the root controller already '
+                        'has %r there (set asyncjob.mount to another name)', name, existing)
+        return existing
     controller = AsyncJobController()
     setattr(root, name, controller)
     return controller
 
 
-def mount_from_config(conf: Mapping[str, Any]) -> AsyncJobController | None:
+def mount_from_config(conf: Mapping[str, Any]) -> Any:
     """Mount the controller on an application's root controller, as found in its
     configuration: call from an environment-loaded configuration action.
 

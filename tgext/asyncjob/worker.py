@@ -100,7 +100,7 @@ class WorkerPool(Backend):
             self._watchdog = threading.Thread(target=self._watchdog_loop, daemon=True,
                                               name='asyncjob-watchdog')
             self._watchdog.start()
-        log.info('tgext.asyncjob: %d worker thread(s) started', self.size)
+        log.debug('asyncjob worker pool: %d thread(s) started', self.size)
 
     def _spawn(self, index: int) -> WorkerThread:
         thread = WorkerThread(self, index)
