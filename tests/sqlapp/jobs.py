@@ -15,7 +15,7 @@ HOLD_SECONDS = 120
 
 def count(key):
     """Write this run's row."""
-    DBSession.add(JobRun(key=key, pid=os.getpid()))
+    DBSession.add(JobRun(job_key=key, pid=os.getpid()))
 
 
 def hold(key, marker):
@@ -39,4 +39,19 @@ def flaky(key, marker):
     if not os.path.exists(marker):
         open(marker, "w").close()
         raise ValueError("first run of %s fails on purpose" % key)
+    count(key)
+
+
+def gate(key, started, gate, timeout=60):
+    """Create the file ``started``, wait (at most ``timeout`` s) for the file ``gate``,
+    then write the row."""
+    open(started, "w").close()
+    opened = threading.Event()
+    for _ in range(int(timeout * 20)):
+        if os.path.exists(gate):
+            opened.set()
+            break
+        opened.wait(0.05)
+    if not opened.is_set():
+        raise RuntimeError("the gate %s was never opened" % gate)
     count(key)

@@ -23,12 +23,12 @@ def init_model(engine):
 
 
 class JobRun(DeclarativeBase):
-    """One row per run of a job: ``key`` names the job, ``pid`` the process that ran it."""
+    """One row per run of a job: ``job_key`` names the job, ``pid`` the process that ran it."""
 
     __tablename__ = "job_runs"
 
     id = Column(Integer, primary_key=True)
-    key = Column(Unicode(64), nullable=False, index=True)
+    job_key = Column(Unicode(64), nullable=False, index=True)
     pid = Column(Integer, nullable=False)
 
 
