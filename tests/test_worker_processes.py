@@ -132,6 +132,18 @@ COMMANDS = {
 }
 
 
+def test_command_line_has_subcommands(capsys):
+    from tgext.asyncjob import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    assert "worker" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["worker", "app.ini", "--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_threads_backend_is_refused(command, tmp_path):
     import sqlapp

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m tgext.asyncjob`` parser, one subparser per :data:`COMMANDS` entry."""
     parser = argparse.ArgumentParser(prog='python -m tgext.asyncjob',
                                      description='tgext.asyncjob command line')
-    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    subparsers = parser.add_subparsers(dest='command', required=True)
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(sub)
