@@ -248,6 +248,10 @@ class SQLAlchemyBackend:
         self._runner = Runner(functools.partial(self._claim, names), self._execute,
                               functools.partial(next_run_at, self.engines, names), self.wake,
                               threads=threads, poll_interval=self.poll_interval, burst=burst)
+        try:  # registered before the first claim, so no rescuer takes its jobs
+            beat(self.engines, self.worker_id, time.time())
+        except SQLAlchemyError as exc:
+            log.warning('asyncjob: cannot reach the jobs database yet: %s', exc)
         self._monitor = Monitor(self._duties())
         self._monitor.start()
         if self.listens:

@@ -59,6 +59,9 @@ def rescue(engines: Engines, lease_timeout: float, now: float, decide: Decide) -
         orphans = [dict(r._mapping) for r in conn.execute(
             select(jobs.c.id, jobs.c.func, jobs.c.retry, jobs.c.attempt, jobs.c.worker_id)
             .where(jobs.c.state == 'running',
+                   # A run younger than a lease is never orphaned (its worker may
+                   # have claimed it before its first heartbeat was visible).
+                   jobs.c.started_at < now - lease_timeout,
                    jobs.c.worker_id.is_(None) | jobs.c.worker_id.not_in(alive)))]
     rescued = []
     for row in orphans:
