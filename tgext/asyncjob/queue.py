@@ -110,6 +110,9 @@ class JobQueue:
         if backend == 'rq':
             from .backends.rq import RQBackend
             return RQBackend(self, **options)
+        if backend == 'sqlalchemy':
+            from .backends.sqlalchemy import SQLAlchemyBackend
+            return SQLAlchemyBackend(self, **options)
         if callable(backend):
             return backend(self, **options)
         raise ValueError(f'unknown asyncjob backend {backend!r}: use "threads", "rq", '

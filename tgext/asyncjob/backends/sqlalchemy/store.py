@@ -1,0 +1,114 @@
+"""The jobs table as the queue's job store: every process reads the same records.
+
+Implements the store interface of :mod:`tgext.asyncjob.trackers.base`. Writes made
+for the job's life go through the backend's compare-and-set transitions; ``track``
+is empty because the INSERT that queues a job (:meth:`SQLAlchemyBackend.enqueue`) is
+its record.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select, update
+
+from ...trackers.base import check_progress_value, progress_from_record
+from . import codec, transitions
+from .rows import RECORD_COLUMNS, record_of
+from .schema import jobs
+
+if TYPE_CHECKING:
+    from .backend import SQLAlchemyBackend
+
+log = logging.getLogger('tgext.asyncjob')
+
+
+class SQLJobStore:
+    """Job records in the backend's jobs table."""
+
+    supports_status = True
+    supports_listing = True
+
+    def __init__(self, backend: SQLAlchemyBackend):
+        self.backend = backend
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get_record(self, entryid: str) -> dict[str, Any] | None:
+        """The job's record, ``None`` if there is no such row (never queued, or pruned)."""
+        if not isinstance(entryid, str) or len(entryid) > 32:
+            return None
+        with self.backend.engines.read.connect() as conn:
+            row = conn.execute(select(*RECORD_COLUMNS).where(jobs.c.id == entryid)).first()
+        return None if row is None else record_of(row)
+
+    def get_progress(self, entryid: str) -> tuple[int, Any] | None:
+        """The 0.3 answer: ``(-1, None)`` queued, ``(value, data)`` running, else ``None``."""
+        return progress_from_record(self.get_record(entryid))
+
+    def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """The most recently queued jobs, newest first."""
+        with self.backend.engines.read.connect() as conn:
+            rows = conn.execute(select(*RECORD_COLUMNS)
+                                .order_by(jobs.c.enqueued_at.desc()).limit(int(limit)))
+            return [(row.id, record_of(row)) for row in rows]
+
+    # -- writes --------------------------------------------------------------------
+
+    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
+        """Nothing: the job's row, inserted when it is queued, is its record."""
+
+    def update(self, entryid: str, fields: dict[str, Any]) -> None:
+        """A retry (running → queued at ``fields['eta']``); 'running' was written by
+        the claim already."""
+        if fields.get('state') != 'queued':
+            return
+        run = self.backend.runs.get(entryid)
+        if run is None:
+            return
+        values = {'state': 'queued', 'run_at': fields.get('eta') or time.time(),
+                  'detail': fields.get('detail'), 'progress': None, 'data': None}
+        if fields.get('error') is not None:
+            values['error'] = codec.dumps(fields['error'])
+        with self.backend.engines.write.begin() as conn:
+            transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt, values)
+        self.backend.requeued.add(entryid)
+
+    def finish(self, entryid: str, fields: dict[str, Any]) -> None:
+        """The final state. A run of this process: compare-and-set on that run (a
+        no-op if its own transaction already recorded it, or it was rescued);
+        otherwise the job must still be queued (cancelled, or not runnable)."""
+        values = {'state': fields['state'], 'finished_at': fields.get('finished_at', time.time()),
+                  'detail': fields.get('detail') or None}
+        if fields.get('result') is not None:
+            values['result'] = codec.dumps(fields['result'])  # TypeError: the queue keeps repr
+        if fields.get('error') is not None:
+            values['error'] = codec.dumps(fields['error'])
+        run = self.backend.runs.get(entryid)
+        if run is not None:
+            pending = self.backend.progress.take(entryid)
+            if pending is not None:
+                values.update(progress=pending['progress'], data=pending['data'])
+        with self.backend.engines.write.begin() as conn:
+            if run is not None:
+                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
+                                       values)
+            else:
+                conn.execute(update(jobs)
+                             .where(jobs.c.id == entryid, jobs.c.state == 'queued')
+                             .values(values))
+
+    def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        """Coalesced: see :class:`.progress.ProgressWriter`."""
+        check_progress_value(value)
+        self.backend.progress.put(entryid, value, message)
+
+    def remove(self, entryid: str) -> None:
+        """Forget a job that was never handed over."""
+        with self.backend.engines.write.begin() as conn:
+            conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
+
+    def flush(self) -> None:
+        """Write pending progress now."""
+        self.backend.progress.flush()
