@@ -254,6 +254,23 @@ def test_sigterm_lets_the_running_job_finish(pg):
     assert status(web, jobid)["state"] == "succeeded"
 
 
+def test_sigterm_hands_a_job_still_running_at_stop_timeout_back(pg):
+    started, gate = os.path.join(pg.directory, "started"), os.path.join(pg.directory, "gate")
+    web = pg.web(**{"asyncjob.backend.in_process": "false"})
+    worker = pg.worker(**{"asyncjob.stop_timeout": "1"})
+    jobid = get_json(web.url, "queue", job="gate", key="handed-back", started=started,
+                     gate=gate)["jobid"]
+    wait_for(lambda: os.path.exists(started), timeout=30, message="the job never started")
+    worker.signal(signal.SIGTERM)
+    # The job would wait a minute for its gate: the worker does not wait for it.
+    assert worker.wait_exit(timeout=30) == 0, worker.tail()
+    assert status(web, jobid)["state"] == "queued"
+    open(gate, "w").close()
+    pg.worker()
+    wait_state(web, jobid, "succeeded")
+    assert pg.runs() == {"handed-back": 1}
+
+
 def test_burst_worker_exits_when_no_job_is_left(pg):
     web = pg.web(**{"asyncjob.backend.in_process": "false"})
     get_json(web.url, "queue_many", prefix="burst", count="20")

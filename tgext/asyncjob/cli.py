@@ -170,13 +170,20 @@ class GracefulStop:
     """SIGTERM/SIGINT handlers for the worker loop: the first signal stops the queue
     (running jobs get ``stop_timeout``) from a thread of its own, since a signal handler
     must not block the loop it interrupts; the second exits at once (jobs still running
-    are then rescued by another worker when their lease expires)."""
+    are then rescued by another worker when their lease expires).
+
+    Once the queue is stopped, jobs still running were handed back by the backend and
+    the process has nothing left to do: if the worker loop has not returned
+    ``LOOP_GRACE`` seconds later (a job that ignores the stop keeps it waiting), the
+    process exits anyway."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    LOOP_GRACE = 5.0
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
         self.thread: threading.Thread | None = None
+        self.loop_done = threading.Event()
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -193,16 +200,29 @@ class GracefulStop:
         name = signal.Signals(signum).name
         if self.thread is not None:
             log.warning('tgext.asyncjob worker: %s again, exiting now', name)
-            os._exit(128 + signum)
+            _exit(128 + signum)
         log.info('tgext.asyncjob worker: %s, stopping: running jobs get up to %ss',
                  name, self.queue.stop_timeout)
-        self.thread = threading.Thread(target=self.queue.stop, name='asyncjob-stop')
+        self.thread = threading.Thread(target=self._stop, name='asyncjob-stop', daemon=True)
         self.thread.start()
 
+    def _stop(self) -> None:
+        self.queue.stop()
+        if not self.loop_done.wait(self.LOOP_GRACE):
+            log.warning('tgext.asyncjob worker (pid %d): the worker loop did not end %ss '
+                        'after the stop; exiting', os.getpid(), self.LOOP_GRACE)
+            _exit(0)
+
     def join(self) -> None:
-        """Wait for a stop a signal began."""
+        """The worker loop returned: wait for a stop a signal began."""
+        self.loop_done.set()
         if self.thread is not None:
             self.thread.join()
+
+
+def _exit(status: int) -> None:
+    logging.shutdown()  # what was logged reaches its handlers
+    os._exit(status)
 
 
 def run_worker(options: argparse.Namespace) -> int:
