@@ -239,33 +239,35 @@ def test_worker_keeps_its_app_from_running_jobs_in_process(pg):
     assert pg.pids() == {worker.pid}
 
 
-def test_sigterm_lets_the_running_job_finish(pg):
+def gated_job_then_sigterm(pg, key, stop_timeout):
+    """A web process without threads of its own, a worker with ``stop_timeout``, a
+    ``gate`` job running in it, then SIGTERM to the worker. Returns ``(web, worker,
+    jobid, open_gate)``."""
     started, gate = os.path.join(pg.directory, "started"), os.path.join(pg.directory, "gate")
     web = pg.web(**{"asyncjob.backend.in_process": "false"})
-    worker = pg.worker(**{"asyncjob.stop_timeout": "60"})
-    jobid = get_json(web.url, "queue", job="gate", key="graceful", started=started,
+    worker = pg.worker(**{"asyncjob.stop_timeout": str(stop_timeout)})
+    jobid = get_json(web.url, "queue", job="gate", key=key, started=started,
                      gate=gate)["jobid"]
     wait_for(lambda: os.path.exists(started), timeout=30, message="the job never started")
     worker.signal(signal.SIGTERM)
     worker.wait_output("SIGTERM, stopping")
-    open(gate, "w").close()
+    return web, worker, jobid, lambda: open(gate, "w").close()
+
+
+def test_sigterm_lets_the_running_job_finish(pg):
+    web, worker, jobid, open_gate = gated_job_then_sigterm(pg, "graceful", stop_timeout=60)
+    open_gate()
     assert worker.wait_exit() == 0, worker.tail()
     assert pg.runs() == {"graceful": 1}
     assert status(web, jobid)["state"] == "succeeded"
 
 
 def test_sigterm_hands_a_job_still_running_at_stop_timeout_back(pg):
-    started, gate = os.path.join(pg.directory, "started"), os.path.join(pg.directory, "gate")
-    web = pg.web(**{"asyncjob.backend.in_process": "false"})
-    worker = pg.worker(**{"asyncjob.stop_timeout": "1"})
-    jobid = get_json(web.url, "queue", job="gate", key="handed-back", started=started,
-                     gate=gate)["jobid"]
-    wait_for(lambda: os.path.exists(started), timeout=30, message="the job never started")
-    worker.signal(signal.SIGTERM)
+    web, worker, jobid, open_gate = gated_job_then_sigterm(pg, "handed-back", stop_timeout=1)
     # The job would wait a minute for its gate: the worker does not wait for it.
     assert worker.wait_exit(timeout=30) == 0, worker.tail()
     assert status(web, jobid)["state"] == "queued"
-    open(gate, "w").close()
+    open_gate()
     pg.worker()
     wait_state(web, jobid, "succeeded")
     assert pg.runs() == {"handed-back": 1}
