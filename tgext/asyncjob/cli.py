@@ -155,14 +155,14 @@ def find_queue(configs: Sequence[Any]) -> Any:
 # -- running the worker ------------------------------------------------------------
 
 def backend_name(backend: Any) -> str:
-    """A short name for messages: ``sqlalchemy``, ``rq``, ``threads``, or the class name."""
-    from .worker import WorkerPool
-    if isinstance(backend, WorkerPool):
-        return 'threads'
-    module = type(backend).__module__
-    for name in ('sqlalchemy', 'rq'):
-        if module.startswith(f'tgext.asyncjob.backends.{name}'):
-            return name
+    """A short name for messages: ``sqlalchemy``, ``rq``, ``threads``, or the class name
+    (looked up along the class's bases, which an adapted backend keeps)."""
+    for cls in type(backend).__mro__:
+        if cls.__module__ == 'tgext.asyncjob.worker':
+            return 'threads'
+        for name in ('sqlalchemy', 'rq'):
+            if cls.__module__.startswith(f'tgext.asyncjob.backends.{name}'):
+                return name
     return type(backend).__name__
 
 
@@ -233,9 +233,11 @@ def run_worker(options: argparse.Namespace) -> int:
     config = None if options.app else options.config
     queue = find_queue(load_app(config, options.app, options.app_name))
     name = backend_name(queue.backend)
-    if name == 'threads':
+    if name == 'threads' or not getattr(queue.backend, 'spans_processes', True):
         queue.stop()
-        raise CommandError(THREADS_REFUSED)
+        raise CommandError(THREADS_REFUSED if name == 'threads' else
+                           f'the {name} backend runs jobs only in the process that queued '
+                           'them: a worker process has nothing to run')
     stopper = GracefulStop(queue)
     stopper.install()
     log.info('tgext.asyncjob worker (pid %d, %s backend): %d thread(s), queues %s%s',
