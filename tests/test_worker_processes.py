@@ -282,6 +282,24 @@ def test_burst_worker_exits_when_no_job_is_left(pg):
     assert pg.runs() == {"burst-%d" % n: 1 for n in range(20)}
 
 
+def test_queue_option_selects_the_jobs_a_worker_runs(pg):
+    web = pg.web(**{"asyncjob.backend.in_process": "false",
+                    "asyncjob.backend.queue_name": "mail"})
+    jobid = get_json(web.url, "queue", key="mailed")["jobid"]
+    ini = pg.ini()
+
+    def burst(*queues):
+        options = [a for q in queues for a in ("--queue", q)]
+        proc = pg.procs.start("worker", ["python", "-m", "tgext.asyncjob", "worker", ini,
+                                         "--burst", *options])
+        assert proc.wait_exit() == 0, proc.tail()
+
+    burst("reports")
+    assert pg.runs() == {} and status(web, jobid)["state"] == "queued"
+    burst("reports", "mail")
+    assert pg.runs() == {"mailed": 1}
+
+
 def test_10000_jobs_over_three_workers_and_the_web_threads(pg):
     """Each of 10,000 jobs succeeds exactly once, run by 3 worker processes and the
     web process's own threads."""
