@@ -221,12 +221,25 @@ def test_callables_must_be_importable_by_name(make_app, sqlite_db_url):
 # ---------------------------------------------------------------- 3. claiming
 
 
+_OTHERS = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_other_processes():
+    yield
+    while _OTHERS:
+        q = _OTHERS.pop()
+        q.stop(10)
+        q.backend.engines.dispose()
+
+
 def other_process(url, **options):
     """A second backend on the same database, with its own engines and worker id: what
     another process would be (separate connections, locks and notifications)."""
     from types import SimpleNamespace
     from tgext.asyncjob import JobQueue
     q = JobQueue(backend='sqlalchemy', backend_options={'url': url, **options}, workers=2)
+    _OTHERS.append(q)
     return SimpleNamespace(queue=q, backend=q.backend)
 
 
