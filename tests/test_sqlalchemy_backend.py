@@ -128,10 +128,12 @@ class JobsController(RootController):
 # ----------------------------------------------------------------- helpers
 
 
-def sql_app(make_app, url, **settings):
+def sql_app(make_app, db_url, **settings):
+    """A sample app whose queue uses the sqlalchemy backend, with ``settings`` as
+    ``asyncjob.backend.*`` keys."""
     config = {'asyncjob.backend': 'sqlalchemy', 'asyncjob.workers': '2'}
     config.update({f'asyncjob.backend.{k}': v for k, v in settings.items()})
-    return make_app(url, root=JobsController, extra_config=config)
+    return make_app(db_url, root=JobsController, extra_config=config)
 
 
 def queue_of(app):
@@ -221,12 +223,25 @@ def test_callables_must_be_importable_by_name(make_app, sqlite_db_url):
 # ---------------------------------------------------------------- 3. claiming
 
 
+_OTHERS = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_other_processes():
+    yield
+    while _OTHERS:
+        q = _OTHERS.pop()
+        q.stop(10)
+        q.backend.engines.dispose()
+
+
 def other_process(url, **options):
     """A second backend on the same database, with its own engines and worker id: what
     another process would be (separate connections, locks and notifications)."""
     from types import SimpleNamespace
     from tgext.asyncjob import JobQueue
     q = JobQueue(backend='sqlalchemy', backend_options={'url': url, **options}, workers=2)
+    _OTHERS.append(q)
     return SimpleNamespace(queue=q, backend=q.backend)
 
 
@@ -417,3 +432,188 @@ def test_progress_is_seen_by_every_process_while_the_job_runs(make_app, url):
     assert [s.id for s in elsewhere.queue.recent()] == [jobid]
     gate['released'].set()
     wait_state(elsewhere.queue, jobid, JobState.SUCCEEDED)
+
+
+# ---------------------------------------- 7. delays, retries, cancel (all rows)
+
+FAILURES = {}
+
+
+def fail_first(name):
+    """Fails the first time it runs for ``name``, then adds its row."""
+    if not FAILURES.get(name):
+        FAILURES[name] = True
+        raise ConnectionError('first attempt fails')
+    return add_row(name)
+
+
+def set_row(url, jobid, **values):
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.update(schema.jobs).where(schema.jobs.c.id == jobid)
+                     .values(**values))
+    engine.dispose()
+
+
+def test_delayed_jobs_wait_as_rows_and_survive_a_restart(make_app, url):
+    app = sql_app(make_app, url)
+    jobid = app.get('/start_delayed', params={'name': 'later'}).json['jobid']
+    [row] = job_rows(url, id=jobid)
+    assert row['state'] == 'queued' and row['run_at'] > time.time() + 3000
+    assert queue_of(app).get_status(jobid).state is JobState.QUEUED
+    assert queue_of(app).stop(10) == []  # nothing lost: it waits in the database
+    restarted = other_process(url)
+    restarted.backend.start()
+    set_row(url, jobid, run_at=time.time())  # the hour has passed
+    restarted.backend.wake.set()
+    wait_state(restarted.queue, jobid, JobState.SUCCEEDED)
+    assert row_names(app) == ['later']
+
+
+def test_retries_are_rows_with_a_run_at_and_survive_a_restart(make_app, url):
+    app = sql_app(make_app, url)
+    name = uuid.uuid4().hex
+    jobid = queue_of(app).perform(fail_first, (name,), retry=Retry(backoff=3600, max_backoff=3600, jitter=False))
+    wait_for(lambda: job_rows(url, id=jobid)[0]['attempt'] == 1
+             and job_rows(url, id=jobid)[0]['state'] == 'queued', timeout=WAIT,
+             message=lambda: str(job_rows(url, id=jobid)))
+    [row] = job_rows(url, id=jobid)
+    assert row['run_at'] > time.time() + 3000 and 'ConnectionError' in row['error']
+    assert queue_of(app).stop(10) == []
+    restarted = other_process(url)
+    restarted.backend.start()
+    set_row(url, jobid, run_at=time.time())
+    restarted.backend.wake.set()
+    status = wait_state(restarted.queue, jobid, JobState.SUCCEEDED)
+    assert status.attempt == 2 and row_names(app) == [name]
+
+
+def test_cancelling_a_queued_job_is_atomic_and_it_never_runs(make_app, url):
+    app = sql_app(make_app, url, in_process='false')
+    q = queue_of(app)
+    jobid = q.perform(add_row, ('never',))
+    assert q.cancel(jobid) is True
+    assert q.cancel(jobid) is False  # already final
+    q.backend.work(threads=1, burst=True)
+    assert q.get_status(jobid).state is JobState.CANCELLED
+    assert row_names(app) == []
+
+
+def test_cancelling_a_running_job_from_another_process_sets_its_flag(make_app, url):
+    app = sql_app(make_app, url)
+    gate = new_gate('cancel-running')
+    jobid = queue_of(app).perform(wait_cancelled, ('cancel-running',))
+    assert gate['entered'].wait(WAIT)
+    elsewhere = other_process(url, in_process='false')
+    assert elsewhere.queue.cancel(jobid) is True
+    status = wait_state(queue_of(app), jobid, JobState.SUCCEEDED)
+    assert status.result == 'saw the flag'
+
+
+# ---------------------------------------------------------------- 8. shutdown
+
+
+def test_stop_lets_running_jobs_finish_and_leaves_queued_ones_in_the_database(make_app, url):
+    app = sql_app(make_app, url)
+    q = queue_of(app)
+    gates = [new_gate(f'stop-{i}') for i in range(2)]
+    running = [q.perform(gated, (f'stop-{i}',)) for i in range(2)]  # 2 workers: both run
+    for gate in gates:
+        assert gate['entered'].wait(WAIT)
+    queued = [q.perform(add_row, (f'q{i}',)) for i in range(3)]
+    outcome = []
+    stopper = threading.Thread(target=lambda: outcome.append(q.stop(WAIT)))
+    stopper.start()
+    for gate in gates:
+        gate['released'].set()
+    stopper.join(WAIT + 5)
+    assert outcome == [[]]  # nothing lost, so nothing reported
+    assert {q.get_status(j).state for j in running} == {JobState.SUCCEEDED}
+    assert {q.get_status(j).state for j in queued} == {JobState.QUEUED}
+
+
+def test_a_job_still_running_at_the_stop_deadline_is_queued_again(make_app, url):
+    app = sql_app(make_app, url)
+    q = queue_of(app)
+    gate = new_gate('deadline')
+    jobid = q.perform(gated_add_row, ('deadline',))
+    assert gate['entered'].wait(WAIT)
+    assert q.stop(0.1) == []
+    [row] = job_rows(url, id=jobid)
+    assert row['state'] == 'queued' and 'shutdown' in row['detail']
+    gate['released'].set()
+    wait_for(lambda: not q.backend.runs, timeout=WAIT, message='the job never ended')
+    assert job_rows(url, id=jobid)[0]['state'] == 'queued'  # it will run elsewhere
+    assert row_names(app) == []  # and its work here was rolled back
+
+
+# --------------------------------------------------------------- 9. retention
+
+
+def _finished_rows(url, count, age):
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    schema.create_tables(engine)
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.insert(schema.jobs), [dict(
+            id=uuid.uuid4().hex, queue='default', func='m:f', name='m.f', args='[]',
+            kwargs='{}', state='succeeded', priority=0, run_at=now - age,
+            enqueued_at=now - age, finished_at=now - age, attempt=1,
+            cancel_requested=False) for _ in range(count)])
+    engine.dispose()
+
+
+def test_finished_jobs_are_pruned_in_batches_by_one_process_at_a_time(url):
+    from tgext.asyncjob.backends.sqlalchemy.engine import make_engines
+    from tgext.asyncjob.backends.sqlalchemy.pruning import prune
+    _finished_rows(url, 25, age=7200)
+    _finished_rows(url, 3, age=10)
+    engines = make_engines(url)
+    batches = []
+    sqlalchemy.event.listen(engines.auto, 'before_cursor_execute',
+                            lambda c, cur, stmt, *a: stmt.startswith('DELETE') and batches.append(1))
+    try:
+        assert prune(engines, 'me', retention=3600, now=time.time(), batch=10) == 25
+        assert len(batches) == 3
+        assert prune(engines, 'someone else', retention=3600, now=time.time()) is None
+        assert prune(engines, 'me', retention=3600, now=time.time()) == 0
+    finally:
+        engines.dispose()
+    assert len(job_rows(url)) == 3
+
+
+def test_a_running_backend_prunes_old_jobs(make_app, url):
+    _finished_rows(url, 5, age=7200)
+    app = sql_app(make_app, url, retention='3600', prune_interval='0.1')
+    wait_for(lambda: job_rows(url) == [], timeout=WAIT, message='old jobs were not pruned')
+    assert queue_of(app).backend.retention == 3600
+
+
+# ------------------------------------------------------------------ 10. tables
+
+
+def test_tables_are_created_when_missing_unless_told_not_to(make_app, url):
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    sql_app(make_app, url, create_tables='false', in_process='false')
+    assert not sqlalchemy.inspect(engine).has_table('asyncjob_jobs')
+    schema.create_tables(engine)  # what an alembic migration would do
+    names = {i['name'] for i in sqlalchemy.inspect(engine).get_indexes('asyncjob_jobs')}
+    assert 'ix_asyncjob_jobs_claim' in names
+    engine.dispose()
+
+
+def test_the_tables_are_on_a_metadata_of_their_own():
+    from tgext.asyncjob.backends.sqlalchemy import metadata
+    assert set(metadata.tables) == {'asyncjob_jobs', 'asyncjob_workers', 'asyncjob_leases'}
+    assert not (set(metadata.tables) & set(model.metadata.tables))
+
+
+# ----------------------------------------------------------- 11. database down
+
+
+def test_perform_raises_a_clear_error_when_the_database_is_unreachable(make_app, sqlite_db_url):
+    app = sql_app(make_app, sqlite_db_url,
+                  url='postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2',
+                  create_tables='false', in_process='false')
+    with pytest.raises(JobNotStored, match='could not be stored in the database'):
+        queue_of(app).perform(noop)

@@ -22,7 +22,7 @@ from ...job import Job, JobError, JobState
 from ...retry import policy_for
 from . import codec, transitions
 from .claims import claim, next_run_at
-from .engine import Engines, check_skip_locked, make_engines, same_database
+from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
 from .leases import beat, new_worker_id, rescue, retire
 from .monitor import Duty, Monitor
@@ -116,6 +116,7 @@ class SQLAlchemyBackend:
         self._monitor: Monitor | None = None
         self._listener: Listener | None = None
         self._started = False
+        self.closed = False
         self._same_db: dict[int, bool] = {}
         # The jobs table is the store: every process sees every job.
         queue.tracker = queue.store = SQLJobStore(self)
@@ -147,25 +148,28 @@ class SQLAlchemyBackend:
         jobs database (atomic with the request's rows; ``mark_changed`` so it commits
         even without ORM changes), after its commit otherwise; outside one, alone."""
         path = self.check(job)
-        stmt = insert_statement(job_row(job, self.queue_name, path, run_at),
-                                self.engines.dialect)
+        stmt = insert_statement(self.engines.dialect)
+        row = job_row(job, self.queue_name, path, run_at)
         txn = _open_transaction()
         session = self._app_session() if txn is not None else None
         try:
             if session is not None:
                 from zope.sqlalchemy import mark_changed
-                session.execute(stmt)
+                session.execute(stmt, row)
                 mark_changed(session)
                 txn.addAfterCommitHook(self._wake_after_commit)
             elif txn is not None:
-                txn.addAfterCommitHook(self._insert_after_commit, (job, stmt))
+                txn.addAfterCommitHook(self._insert_after_commit, (job, stmt, row))
             else:
-                with self.engines.write.begin() as conn:
-                    conn.execute(stmt)
+                retry_disconnect(lambda: self._execute_alone(stmt, row))
                 self.wake.set()
         except SQLAlchemyError as exc:
             raise JobNotStored(f'asyncjob: job {job.id} ({job.func_name}) could not be '
                                f'stored in the database, nothing was queued: {exc}') from exc
+
+    def _execute_alone(self, stmt: Any, row: dict[str, Any]) -> None:
+        with self.engines.writing() as conn:
+            conn.execute(stmt, row)
 
     def _app_session(self) -> Any:
         """The application's session (``DBSession``) if it is on the jobs database."""
@@ -186,14 +190,14 @@ class SQLAlchemyBackend:
         if committed:
             self.wake.set()
 
-    def _insert_after_commit(self, committed: bool, job: Job, stmt: Any) -> None:
+    def _insert_after_commit(self, committed: bool, job: Job, stmt: Any,
+                             row: dict[str, Any]) -> None:
         # asyncjob.backend.url is another database: the job is inserted once the
         # request's transaction has committed (never for one that aborted).
         if not committed:
             return
         try:
-            with self.engines.write.begin() as conn:
-                conn.execute(stmt)
+            retry_disconnect(lambda: self._execute_alone(stmt, row))
         except SQLAlchemyError:
             log.exception('asyncjob %s (%s): the request committed but the job could not '
                           'be stored: it will not run', job.id, job.func_name)
@@ -209,7 +213,7 @@ class SQLAlchemyBackend:
         if not isinstance(jobid, str) or len(jobid) > 32:
             return False
         now = time.time()
-        with self.engines.write.begin() as conn:
+        with self.engines.writing() as conn:
             if transitions.cancel_queued(conn, jobid, now, 'cancelled before it started'):
                 return True
             flagged = transitions.request_cancel(conn, jobid)
@@ -300,7 +304,7 @@ class SQLAlchemyBackend:
         except Exception as exc:
             log.error('asyncjob %s (%s) cannot run: %s', row['id'], row['name'], exc)
             error = JobError.from_exception(exc).as_record()
-            with self.engines.write.begin() as conn:
+            with self.engines.writing() as conn:
                 transitions.finish_run(conn, row['id'], self.worker_id, row['attempt'], {
                     'state': 'failed', 'finished_at': time.time(), 'error': codec.dumps(error),
                     'detail': 'the worker could not load the job'})
@@ -347,7 +351,7 @@ class SQLAlchemyBackend:
                             f'heartbeat was late): its work is rolled back')
 
     def _write_progress(self, updates: list[dict[str, Any]]) -> None:
-        with self.engines.write.begin() as conn:
+        with self.engines.writing() as conn:
             transitions.set_progress(conn, updates)
 
     def _deliver_cancels(self) -> None:
@@ -404,12 +408,13 @@ class SQLAlchemyBackend:
     def _hand_back(self, jobid: str, run: Run) -> None:
         log.warning('asyncjob %s (%s) still running at stop: queued again, to run in '
                     'another worker', jobid, run.job.func_name)
-        with self.engines.write.begin() as conn:
+        with self.engines.writing() as conn:
             transitions.finish_run(conn, jobid, self.worker_id, run.attempt, {
                 'state': 'queued', 'run_at': time.time(),
                 'detail': 'interrupted by a shutdown: queued again'})
 
     def _stop_services(self) -> None:
+        self.closed = True
         for service in (self._monitor, self._listener):
             if service is not None:
                 service.stop()

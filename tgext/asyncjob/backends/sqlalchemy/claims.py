@@ -57,7 +57,7 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
                 .where(jobs.c.id.in_(query.scalar_subquery()), jobs.c.state == 'queued')
                 .values(_running(worker_id, now))
                 .returning(*CLAIMED_COLUMNS))
-        with engines.write.begin() as conn:
+        with engines.writing() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
         rows.sort(key=lambda r: (-r['priority'], r['run_at']))
         return rows

@@ -7,18 +7,25 @@
 * MySQL 8 / MariaDB 10.6+: ``SKIP LOCKED`` is required (checked at start).
 * PostgreSQL: ``SKIP LOCKED`` and, with psycopg 3, ``LISTEN/NOTIFY``.
 
-Every engine pre-pings its pooled connections, so a restarted database server costs
-one failed ping, not one failed job.
+Single statements (an INSERT, a compare-and-set UPDATE) run on an AUTOCOMMIT engine
+(:meth:`Engines.writing`): one round trip, no BEGIN and COMMIT around it. Pooled
+connections are not pinged before use (a round trip per checkout); a statement that
+finds its connection dead invalidates the pool and is tried again
+(:func:`retry_disconnect`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+T = TypeVar('T')
 
 #: Seconds a SQLite connection waits for the write lock before ``database is locked``.
 SQLITE_BUSY_TIMEOUT = 30
@@ -26,11 +33,23 @@ SQLITE_BUSY_TIMEOUT = 30
 
 @dataclasses.dataclass
 class Engines:
-    """``write`` for claims and state changes, ``read`` for record reads (the same
-    engine except on SQLite)."""
+    """``write`` for transactions (claims), ``read`` for record reads, ``auto`` for
+    single statements (AUTOCOMMIT). SQLite: ``auto`` is ``write``, ``read`` its own."""
 
     write: Engine
     read: Engine
+    auto: Engine
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own (SQLite: one
+        ``BEGIN IMMEDIATE`` transaction around the block)."""
+        if self.auto is self.write:
+            with self.write.begin() as conn:
+                yield conn
+        else:
+            with self.auto.connect() as conn:
+                yield conn
 
     @property
     def dialect(self) -> str:
@@ -40,14 +59,13 @@ class Engines:
     def dispose(self, close: bool = True) -> None:
         """Drop pooled connections (``close=False`` in a forked child: the parent's
         sockets are left alone, never used)."""
-        self.write.dispose(close=close)
-        if self.read is not self.write:
-            self.read.dispose(close=close)
+        for engine in {id(e): e for e in (self.write, self.read, self.auto)}.values():
+            engine.dispose(close=close)
 
 
 def make_engines(url: str, **engine_options: Any) -> Engines:
     """Engines on ``url`` for the backend; ``ValueError`` for a database it cannot use."""
-    options = {'pool_pre_ping': True, **engine_options}
+    options = dict(engine_options)
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() == 'sqlite':
         if parsed.database in (None, '', ':memory:'):
@@ -57,9 +75,12 @@ def make_engines(url: str, **engine_options: Any) -> Engines:
         write = sqlalchemy.create_engine(url, connect_args=connect_args, **options)
         _begin_immediate(write)
         read = sqlalchemy.create_engine(url, connect_args=connect_args, **options)
-        return Engines(write, read)
+        return Engines(write, read, write)
     engine = sqlalchemy.create_engine(url, **options)
-    return Engines(engine, engine)
+    # No transaction is ever open on these connections: nothing to reset on return.
+    auto = sqlalchemy.create_engine(url, isolation_level='AUTOCOMMIT',
+                                    pool_reset_on_return=None, **options)
+    return Engines(engine, engine, auto)
 
 
 def _begin_immediate(engine: Engine) -> None:
@@ -91,3 +112,14 @@ def same_database(a: Engine, b: Engine) -> bool:
     """True when both engines reach the same database (compared by URL)."""
     return (a.url.render_as_string(hide_password=False)
             == b.url.render_as_string(hide_password=False))
+
+
+def retry_disconnect(call: Callable[[], T]) -> T:
+    """``call()``, once more if it failed on a connection the server had dropped
+    (SQLAlchemy then invalidated the pool: the second try gets a fresh connection)."""
+    try:
+        return call()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return call()

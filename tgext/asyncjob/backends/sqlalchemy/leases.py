@@ -31,7 +31,7 @@ def new_worker_id() -> str:
 def beat(engines: Engines, worker_id: str, now: float) -> None:
     """Renew ``worker_id``'s lease, registering it if its row is missing (a first
     beat, or a slow worker whose row was deleted as dead)."""
-    with engines.write.begin() as conn:
+    with engines.writing() as conn:
         renewed = conn.execute(update(workers).where(workers.c.id == worker_id)
                                .values(heartbeat_at=now)).rowcount
         if not renewed:
@@ -42,7 +42,7 @@ def beat(engines: Engines, worker_id: str, now: float) -> None:
 
 def retire(engines: Engines, worker_id: str) -> None:
     """Delete a stopping worker's row (its jobs have ended or been handed back)."""
-    with engines.write.begin() as conn:
+    with engines.writing() as conn:
         conn.execute(delete(workers).where(workers.c.id == worker_id))
 
 
@@ -68,11 +68,11 @@ def rescue(engines: Engines, lease_timeout: float, now: float, decide: Decide) -
         fields = decide(row)
         if fields['state'] == 'queued':
             fields.update(worker_id=None, started_at=None, cancel_requested=False)
-        with engines.write.begin() as conn:
+        with engines.writing() as conn:
             if conn.execute(of_run(row['id'], row['worker_id'], row['attempt'])
                             .values(fields)).rowcount:
                 rescued.append(row['id'])
-    with engines.write.begin() as conn:
+    with engines.writing() as conn:
         conn.execute(delete(workers).where(workers.c.heartbeat_at < now - lease_timeout))
     return rescued
 
@@ -82,7 +82,7 @@ def acquire(engines: Engines, name: str, holder: str, ttl: float,
     """Take (or renew) the lease ``name`` for ``ttl`` seconds; ``False`` while another
     holder's lease is unexpired. One row per name: atomic on every dialect."""
     now = time.time() if now is None else now
-    with engines.write.begin() as conn:
+    with engines.writing() as conn:
         taken = conn.execute(
             update(leases).where(leases.c.name == name,
                                  (leases.c.holder == holder) | (leases.c.expires_at < now))
@@ -94,7 +94,7 @@ def acquire(engines: Engines, name: str, holder: str, ttl: float,
         return False
     from sqlalchemy.exc import IntegrityError
     try:
-        with engines.write.begin() as conn:
+        with engines.writing() as conn:
             conn.execute(insert(leases).values(name=name, holder=holder, expires_at=now + ttl))
     except IntegrityError:  # another process inserted it first: it holds the lease
         return False

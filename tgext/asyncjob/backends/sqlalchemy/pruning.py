@@ -23,7 +23,7 @@ def prune(engines: Engines, holder: str, retention: float, now: float,
     cutoff = now - retention
     deleted = 0
     while True:
-        with engines.write.begin() as conn:
+        with engines.writing() as conn:
             # Ids first, then DELETE by primary key: MySQL refuses a LIMIT in an IN
             # subquery of the table being deleted from.
             ids = list(conn.execute(

@@ -1,8 +1,10 @@
 """A job as a row, and a row as the record the status pages read."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import func as sqlfunc
 from sqlalchemy import insert, literal, select
 from sqlalchemy.sql import Executable
@@ -30,12 +32,20 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
     }
 
 
-def insert_statement(row: dict[str, Any], dialect: str) -> Executable:
-    """The INSERT of ``row``. On PostgreSQL the same statement also NOTIFYs the workers
-    (delivered when the transaction commits): one round trip for both."""
+#: The columns :func:`job_row` fills.
+ROW_COLUMNS = ('id', 'queue', 'func', 'name', 'args', 'kwargs', 'retry', 'meta', 'state',
+               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested')
+
+
+@functools.lru_cache(maxsize=None)
+def insert_statement(dialect: str) -> Executable:
+    """The INSERT of a :func:`job_row` (executed with the row as parameters; built
+    once). On PostgreSQL the same statement also NOTIFYs the workers (delivered when
+    the transaction commits): one round trip for both."""
+    stmt = insert(jobs).values({name: bindparam(name) for name in ROW_COLUMNS})
     if dialect != 'postgresql':
-        return insert(jobs).values(row)
-    inserted = insert(jobs).values(row).returning(jobs.c.queue).cte('inserted')
+        return stmt
+    inserted = stmt.returning(jobs.c.queue).cte('inserted')
     return select(sqlfunc.pg_notify(literal(CHANNEL), inserted.c.queue))
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Double, Index, Integer, MetaData, String, Table,
                         Text)
+from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.engine import Connection, Engine
+
+#: JSON and long text: MySQL's TEXT stops at 64 KiB.
+Document = Text().with_variant(LONGTEXT(), 'mysql', 'mariadb')
 
 #: The tables of the ``sqlalchemy`` backend.
 metadata = MetaData()
@@ -23,10 +27,10 @@ jobs = Table(
     Column('queue', String(100), nullable=False, default='default'),
     Column('func', String(255), nullable=False),  # import path, module:qualname
     Column('name', String(255), nullable=False),  # shown on pages and in logs
-    Column('args', Text, nullable=False),  # JSON list
-    Column('kwargs', Text, nullable=False),  # JSON object
-    Column('retry', Text),  # JSON of the job's own Retry policy
-    Column('meta', Text),  # JSON object carried with the job (trace context...)
+    Column('args', Document, nullable=False),  # JSON list
+    Column('kwargs', Document, nullable=False),  # JSON object
+    Column('retry', Document),  # JSON of the job's own Retry policy
+    Column('meta', Document),  # JSON object carried with the job (trace context...)
     Column('state', String(16), nullable=False),
     Column('priority', Integer, nullable=False, default=0),  # higher runs first
     Column('run_at', Double, nullable=False),  # not claimed before
@@ -37,10 +41,10 @@ jobs = Table(
     Column('worker_id', String(64)),  # the process running it (see ``workers``)
     Column('cancel_requested', Boolean, nullable=False, default=False),
     Column('progress', Integer),
-    Column('data', Text),  # JSON progress data
-    Column('result', Text),  # JSON
-    Column('error', Text),  # JSON: type, message, traceback
-    Column('detail', Text),
+    Column('data', Document),  # JSON progress data
+    Column('result', Document),  # JSON
+    Column('error', Document),  # JSON: type, message, traceback
+    Column('detail', Document),
     # Room for issue 13's options; nothing reads them yet.
     Column('unique_key', String(255)),
     Column('concurrency_key', String(255)),

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ...trackers.base import check_progress_value, progress_from_record
 from . import codec, transitions
 from .rows import RECORD_COLUMNS, record_of
+from .runner import MAX_BACKOFF
 from .schema import jobs
 
 if TYPE_CHECKING:
@@ -71,8 +73,11 @@ class SQLJobStore:
                   'detail': fields.get('detail'), 'progress': None, 'data': None}
         if fields.get('error') is not None:
             values['error'] = codec.dumps(fields['error'])
-        with self.backend.engines.write.begin() as conn:
-            transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt, values)
+        def requeue() -> None:
+            with self.backend.engines.writing() as conn:
+                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
+                                       values)
+        self._until_stored(requeue)
         self.backend.requeued.add(entryid)
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
@@ -90,7 +95,18 @@ class SQLJobStore:
             pending = self.backend.progress.take(entryid)
             if pending is not None:
                 values.update(progress=pending['progress'], data=pending['data'])
-        with self.backend.engines.write.begin() as conn:
+        try:
+            self._until_stored(lambda: self._finish(entryid, run, values))
+        except DBAPIError as exc:  # refused (not a connection problem): record why
+            log.exception('asyncjob %s: could not store its final state', entryid)
+            error = {'type': 'StoreError', 'message': f'its outcome could not be stored: '
+                     f'{type(exc).__name__}', 'traceback': ''}
+            self._until_stored(lambda: self._finish(entryid, run, {
+                'state': 'failed', 'finished_at': values['finished_at'],
+                'error': codec.dumps(error)}))
+
+    def _finish(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
+        with self.backend.engines.writing() as conn:
             if run is not None:
                 transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
                                        values)
@@ -99,6 +115,25 @@ class SQLJobStore:
                              .where(jobs.c.id == entryid, jobs.c.state == 'queued')
                              .values(values))
 
+    def _until_stored(self, call: Callable[[], None]) -> None:
+        """``call()`` until the database answers: a job's end is never dropped because
+        the server was away (if this process stops first, the job is rescued)."""
+        failures = 0
+        while True:
+            try:
+                call()
+                return
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated
+                        or isinstance(exc, (OperationalError, InterfaceError))):
+                    raise
+                if self.backend.closed:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning('asyncjob: cannot reach the jobs database, retrying: %s', exc)
+                time.sleep(min(0.1 * 2 ** failures, MAX_BACKOFF))
+
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
         """Coalesced: see :class:`.progress.ProgressWriter`."""
         check_progress_value(value)
@@ -106,7 +141,7 @@ class SQLJobStore:
 
     def remove(self, entryid: str) -> None:
         """Forget a job that was never handed over."""
-        with self.backend.engines.write.begin() as conn:
+        with self.backend.engines.writing() as conn:
             conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
 
     def flush(self) -> None:
