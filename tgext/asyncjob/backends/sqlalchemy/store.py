@@ -59,7 +59,11 @@ class SQLJobStore:
     # -- writes --------------------------------------------------------------------
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
-        """Nothing: the job's row, inserted when it is queued, is its record."""
+        """Insert the job's row (built by the backend's ``validate``): queuing the job
+        and writing its record are one INSERT."""
+        row = self.backend.take_row(entryid)
+        if row is not None:
+            self.backend.insert(row)
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """A retry (running → queued at ``fields['eta']``); 'running' was written by
@@ -75,8 +79,7 @@ class SQLJobStore:
             values['error'] = codec.dumps(fields['error'])
         def requeue() -> None:
             with self.backend.engines.writing() as conn:
-                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
-                                       values)
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
         self._until_stored(requeue)
         self.backend.requeued.add(entryid)
 
@@ -108,8 +111,7 @@ class SQLJobStore:
     def _finish(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
         with self.backend.engines.writing() as conn:
             if run is not None:
-                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
-                                       values)
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
             else:
                 conn.execute(update(jobs)
                              .where(jobs.c.id == entryid, jobs.c.state == 'queued')
@@ -141,6 +143,7 @@ class SQLJobStore:
 
     def remove(self, entryid: str) -> None:
         """Forget a job that was never handed over."""
+        self.backend.take_row(entryid)
         with self.backend.engines.writing() as conn:
             conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
 
