@@ -29,7 +29,7 @@ from ...job import Job, JobError, JobState
 from ...retry import policy_for
 from ..base import Backend
 from . import codec, transitions
-from .claims import claim, next_run_at
+from .claims import claim, claim_by_id, next_run_at
 from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
 from .leases import beat, bury, new_worker_id, orphans, retire
@@ -333,6 +333,14 @@ class SQLAlchemyBackend(Backend):
             duties.append(Duty('retention pruning', self.prune_interval, lambda: prune(
                 self.engines, self.worker_id, self.retention, time.time())))
         return duties
+
+    def claim_immediate(self, jobid: str) -> None:
+        """Immediate mode: the queue runs ``jobid`` now, in this process; claim its row
+        (so no worker takes it too) and hold the run for its compare-and-sets."""
+        attempt = claim_by_id(self.engines, self.worker_id, jobid, time.time())
+        if attempt is not None:
+            self.runs[jobid] = Run(self._stand_in(jobid, None, JobState.RUNNING, attempt),
+                                   attempt, self.worker_id)
 
     def _claim(self, queues: list[str], limit: int) -> list[dict[str, Any]]:
         return claim(self.engines, self.worker_id, queues, time.time(), limit)
