@@ -762,3 +762,18 @@ def test_several_processes_on_one_sqlite_file_never_run_a_job_twice(make_app, sq
     rows = job_rows(sqlite_db_url)
     assert sorted(r['id'] for r in rows) == sorted(ids)
     assert {(r['state'], r['attempt']) for r in rows} == {('succeeded', 1)}
+
+
+def test_work_returns_once_stop_has_handed_back_a_job_that_ignores_it(make_app, url):
+    app = sql_app(make_app, url, in_process='false')
+    q = queue_of(app)
+    gate = new_gate('ignores-stop')
+    jobid = q.perform(gated, ('ignores-stop',))
+    worker = threading.Thread(target=q.backend.work, kwargs={'threads': 1})
+    worker.start()
+    assert gate['entered'].wait(WAIT)
+    assert q.stop(0.1) == []
+    worker.join(WAIT)
+    assert not worker.is_alive()  # the job still runs; its row is back in the queue
+    assert job_rows(url, id=jobid)[0]['state'] == 'queued'
+    gate['released'].set()

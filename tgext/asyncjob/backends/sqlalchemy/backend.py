@@ -296,6 +296,7 @@ class SQLAlchemyBackend(Backend):
         Threads started in-process by :meth:`start` are stopped first."""
         if self._runner is not None:
             self._runner.stop(self.lease_timeout)
+            self._runner.release()
             self._runner = None
         self.closed = False
         runner = self._start_runner(threads, burst, queues)
@@ -475,6 +476,8 @@ class SQLAlchemyBackend(Backend):
                 self.runtime.lifecycle.retry(run.job, JobError(
                     'Interrupted', 'the worker stopped while the job ran'), 0)
         self._stop_services()
+        if runner is not None:
+            runner.release()  # work() returns now: everything is in the database
         return []
 
     def _stop_services(self) -> None:
