@@ -223,29 +223,28 @@ def test_callables_must_be_importable_by_name(make_app, sqlite_db_url):
 # ---------------------------------------------------------------- 3. claiming
 
 
-_OTHERS = []
+@pytest.fixture
+def other_process():
+    """``other_process(url, **options)``: a second backend on the same database, with
+    its own engines and worker id: what another process would be (separate
+    connections, locks and notifications). Stopped after the test (request this
+    fixture after the database's, so it is stopped before the database goes)."""
+    from types import SimpleNamespace
+    from tgext.asyncjob import JobQueue
+    made = []
 
-
-@pytest.fixture(autouse=True)
-def _stop_other_processes():
-    yield
-    while _OTHERS:
-        q = _OTHERS.pop()
+    def factory(url, **options):
+        q = JobQueue(backend='sqlalchemy', backend_options={'url': url, **options},
+                     workers=2)
+        made.append(q)
+        return SimpleNamespace(queue=q, backend=q.backend)
+    yield factory
+    for q in made:
         q.stop(10)
         q.backend.engines.dispose()
 
 
-def other_process(url, **options):
-    """A second backend on the same database, with its own engines and worker id: what
-    another process would be (separate connections, locks and notifications)."""
-    from types import SimpleNamespace
-    from tgext.asyncjob import JobQueue
-    q = JobQueue(backend='sqlalchemy', backend_options={'url': url, **options}, workers=2)
-    _OTHERS.append(q)
-    return SimpleNamespace(queue=q, backend=q.backend)
-
-
-def test_claims_never_hand_a_job_to_two_workers(make_app, url):
+def test_claims_never_hand_a_job_to_two_workers(make_app, url, other_process):
     app = sql_app(make_app, url, in_process='false')
     q = queue_of(app)
     ids = [q.perform(noop, (i,)) for i in range(60)]
@@ -271,7 +270,7 @@ def test_the_enqueuing_process_wakes_its_own_workers_at_commit(make_app, url):
     assert row_names(app) == ['woken']
 
 
-def test_postgresql_workers_are_woken_by_notify(make_app, postgres_db_url):
+def test_postgresql_workers_are_woken_by_notify(make_app, postgres_db_url, other_process):
     app = sql_app(make_app, postgres_db_url, in_process='false')
     worker = other_process(postgres_db_url, poll_interval='3600')
     thread = threading.Thread(target=worker.backend.work, kwargs={'threads': 1})
@@ -385,14 +384,15 @@ def test_jobs_of_a_dead_worker_fail_with_worker_died_without_a_retry(make_app, u
     assert row_names(app) == []
 
 
-def test_a_live_worker_keeps_its_jobs(make_app, url):
+def test_a_live_worker_keeps_its_jobs(make_app, url, other_process):
     app = sql_app(make_app, url, rescue_interval='0.1', heartbeat_interval='0.1',
                   lease_timeout='5')
     gate = new_gate('alive')
     jobid = queue_of(app).perform(gated, ('alive',))
     assert gate['entered'].wait(WAIT)
+    set_row(url, jobid, started_at=time.time() - 3600)  # a long job, a fresh heartbeat
     rescuer = other_process(url, rescue_interval='0.1', lease_timeout='5')
-    rescuer.backend._rescue()
+    assert rescuer.backend.rescue() == []
     assert queue_of(app).get_status(jobid).state is JobState.RUNNING
     gate['released'].set()
     wait_state(queue_of(app), jobid, JobState.SUCCEEDED)
@@ -421,7 +421,7 @@ def progress_then_wait(name):
     return gated(name)
 
 
-def test_progress_is_seen_by_every_process_while_the_job_runs(make_app, url):
+def test_progress_is_seen_by_every_process_while_the_job_runs(make_app, url, other_process):
     app = sql_app(make_app, url)
     gate = new_gate('progress')
     jobid = queue_of(app).perform(progress_then_wait, ('progress',))
@@ -455,7 +455,7 @@ def set_row(url, jobid, **values):
     engine.dispose()
 
 
-def test_delayed_jobs_wait_as_rows_and_survive_a_restart(make_app, url):
+def test_delayed_jobs_wait_as_rows_and_survive_a_restart(make_app, url, other_process):
     app = sql_app(make_app, url)
     jobid = app.get('/start_delayed', params={'name': 'later'}).json['jobid']
     [row] = job_rows(url, id=jobid)
@@ -470,7 +470,7 @@ def test_delayed_jobs_wait_as_rows_and_survive_a_restart(make_app, url):
     assert row_names(app) == ['later']
 
 
-def test_retries_are_rows_with_a_run_at_and_survive_a_restart(make_app, url):
+def test_retries_are_rows_with_a_run_at_and_survive_a_restart(make_app, url, other_process):
     app = sql_app(make_app, url)
     name = uuid.uuid4().hex
     jobid = queue_of(app).perform(fail_first, (name,), retry=Retry(backoff=3600, max_backoff=3600, jitter=False))
@@ -499,7 +499,7 @@ def test_cancelling_a_queued_job_is_atomic_and_it_never_runs(make_app, url):
     assert row_names(app) == []
 
 
-def test_cancelling_a_running_job_from_another_process_sets_its_flag(make_app, url):
+def test_cancelling_a_running_job_from_another_process_sets_its_flag(make_app, url, other_process):
     app = sql_app(make_app, url)
     gate = new_gate('cancel-running')
     jobid = queue_of(app).perform(wait_cancelled, ('cancel-running',))
@@ -540,7 +540,7 @@ def test_a_job_still_running_at_the_stop_deadline_is_queued_again(make_app, url)
     assert gate['entered'].wait(WAIT)
     assert q.stop(0.1) == []
     [row] = job_rows(url, id=jobid)
-    assert row['state'] == 'queued' and 'shutdown' in row['detail']
+    assert row['state'] == 'queued' and 'Interrupted' in row['error']
     gate['released'].set()
     wait_for(lambda: not q.backend.runs, timeout=WAIT, message='the job never ended')
     assert job_rows(url, id=jobid)[0]['state'] == 'queued'  # it will run elsewhere
@@ -617,3 +617,163 @@ def test_perform_raises_a_clear_error_when_the_database_is_unreachable(make_app,
                   create_tables='false', in_process='false')
     with pytest.raises(JobNotStored, match='could not be stored in the database'):
         queue_of(app).perform(noop)
+
+
+def test_immediate_mode_runs_the_job_at_once_and_records_it_in_the_table(make_app, url):
+    app = make_app(url, root=JobsController, extra_config={
+        'asyncjob.backend': 'sqlalchemy', 'asyncjob.immediate': 'true'})
+    jobid = app.get('/start', params={'name': 'now'}).json['jobid']
+    [row] = job_rows(url, id=jobid)
+    assert row['state'] == 'succeeded' and row['attempt'] == 1
+    assert row_names(app) == ['now']
+
+
+class Proxy:
+    """A TCP forwarder to the real PostgreSQL that a test can cut and restore: the
+    database "goes away" for this backend only."""
+
+    def __init__(self, target=('127.0.0.1', 5432)):
+        import socket
+        self.target = target
+        self.port = None
+        self._socket = socket
+        self._conns = []
+        self._listener = None
+        self.restore()
+
+    def restore(self):
+        sock = self._socket.socket()
+        sock.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        sock.bind(('127.0.0.1', self.port or 0))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, sock):
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self):
+        try:  # wakes the thread blocked in accept() (close() alone would not)
+            self._listener.shutdown(self._socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for conn in self._conns:
+            try:
+                conn.shutdown(self._socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self._conns = []
+
+    def url(self, db_url):
+        return sqlalchemy.engine.make_url(db_url).set(host='127.0.0.1', port=self.port) \
+            .render_as_string(hide_password=False)
+
+
+def test_workers_wait_while_the_database_is_down_and_resume(postgres_db_url, caplog, other_process):
+    proxy = Proxy()
+    worker = other_process(proxy.url(postgres_db_url), poll_interval='0.2')
+    worker.backend.start()
+    q = worker.queue
+    first = q.perform(noop, ('before',))
+    wait_state(q, first, JobState.SUCCEEDED)
+    due = time.time() + 1
+    delayed = q.perform(noop, ('due during the outage',), at=due)
+    proxy.cut()
+    with pytest.raises(JobNotStored, match='could not be stored'):
+        q.perform(noop, ('during',))
+    wait_for(lambda: time.time() > due + 0.5 and 'cannot claim jobs' in caplog.text,
+             timeout=WAIT, message='the workers did not notice the outage')
+    proxy.restore()
+    wait_state(q, delayed, JobState.SUCCEEDED)  # nothing lost: it ran once back
+    after = q.perform(noop, ('after',))
+    wait_state(q, after, JobState.SUCCEEDED)
+
+
+def test_after_fork_the_child_gets_new_connections(postgres_db_url, other_process):
+    import os
+    worker = other_process(postgres_db_url, in_process='false')
+    engine = worker.backend.engines.read
+
+    def backend_pid():
+        with engine.connect() as conn:
+            return conn.exec_driver_sql('SELECT pg_backend_pid()').scalar()
+    parent = backend_pid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.write(write_end, str(backend_pid()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = int(os.read(read_end, 64) or b'0')
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert child and child != parent
+    assert backend_pid() == parent  # the parent's pooled connection is untouched
+
+
+CHILD = '''
+import sys
+sys.path.insert(0, {tests!r})
+from tgext.asyncjob import JobQueue
+q = JobQueue(backend='sqlalchemy', backend_options={{'url': {url!r}}})
+q.backend.work(threads=2, burst=True)
+'''
+
+
+def test_several_processes_on_one_sqlite_file_never_run_a_job_twice(make_app, sqlite_db_url):
+    import os
+    import subprocess
+    import sys
+    app = sql_app(make_app, sqlite_db_url, in_process='false')
+    ids = [queue_of(app).perform(noop, (i,)) for i in range(200)]
+    script = CHILD.format(tests=os.path.dirname(__file__), url=sqlite_db_url)
+    children = [subprocess.Popen([sys.executable, '-c', script]) for _ in range(3)]
+    for child in children:
+        assert child.wait(120) == 0
+    rows = job_rows(sqlite_db_url)
+    assert sorted(r['id'] for r in rows) == sorted(ids)
+    assert {(r['state'], r['attempt']) for r in rows} == {('succeeded', 1)}
+
+
+def test_work_returns_once_stop_has_handed_back_a_job_that_ignores_it(make_app, url):
+    app = sql_app(make_app, url, in_process='false')
+    q = queue_of(app)
+    gate = new_gate('ignores-stop')
+    jobid = q.perform(gated, ('ignores-stop',))
+    worker = threading.Thread(target=q.backend.work, kwargs={'threads': 1})
+    worker.start()
+    assert gate['entered'].wait(WAIT)
+    assert q.stop(0.1) == []
+    worker.join(WAIT)
+    assert not worker.is_alive()  # the job still runs; its row is back in the queue
+    assert job_rows(url, id=jobid)[0]['state'] == 'queued'
+    gate['released'].set()

@@ -75,6 +75,17 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
     return locked
 
 
+def claim_by_id(engines: Engines, worker_id: str, jobid: str, now: float) -> int | None:
+    """Mark the queued job ``jobid`` running for ``worker_id`` (immediate mode runs a
+    given job, not the next due); its attempt number, or ``None`` if it is not queued."""
+    with engines.writing() as conn:
+        done = conn.execute(update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'queued')
+                            .values(_running(worker_id, now))).rowcount
+        if not done:
+            return None
+        return conn.execute(select(jobs.c.attempt).where(jobs.c.id == jobid)).scalar()
+
+
 def next_run_at(engines: Engines, queues: Sequence[str]) -> float | None:
     """When the earliest queued job of ``queues`` is due (for the poll wait)."""
     from sqlalchemy import func

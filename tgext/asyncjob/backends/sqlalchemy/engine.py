@@ -76,10 +76,15 @@ def make_engines(url: str, **engine_options: Any) -> Engines:
         _begin_immediate(write)
         read = sqlalchemy.create_engine(url, connect_args=connect_args, **options)
         return Engines(write, read, write)
+    if parsed.get_backend_name() in ('mysql', 'mariadb'):
+        # InnoDB's default REPEATABLE READ makes the claim's FOR UPDATE lock the gaps
+        # of the index range it scans, and concurrent INSERTs of new jobs deadlock
+        # with it. READ COMMITTED locks only the rows: what SKIP LOCKED is built for.
+        options.setdefault('isolation_level', 'READ COMMITTED')
     engine = sqlalchemy.create_engine(url, **options)
     # No transaction is ever open on these connections: nothing to reset on return.
-    auto = sqlalchemy.create_engine(url, isolation_level='AUTOCOMMIT',
-                                    pool_reset_on_return=None, **options)
+    auto = sqlalchemy.create_engine(url, **{**options, 'isolation_level': 'AUTOCOMMIT',
+                                            'pool_reset_on_return': None})
     return Engines(engine, engine, auto)
 
 

@@ -3,9 +3,9 @@
 Each worker process has a row in ``asyncjob_workers`` whose ``heartbeat_at`` it renews
 every ``heartbeat_interval`` seconds. A worker whose heartbeat is older than
 ``lease_timeout`` is dead (kill -9, OOM, power loss, a network partition): any process
-of the backend that runs :func:`rescue` finds its running jobs and puts each back in
-the queue or fails it, through the same compare-and-set as every state change; its
-row is deleted. A worker that was only slow finds its jobs taken from it: its own
+of the backend finds its running jobs (:func:`orphans`) and puts each back in the
+queue or fails it, through the lifecycle and the same compare-and-set as every state
+change; its row is deleted (:func:`bury`). A worker that was only slow finds its jobs taken from it: its own
 completion matches no row (see :mod:`.transitions`).
 """
 from __future__ import annotations
@@ -14,13 +14,12 @@ import os
 import secrets
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
 from .engine import Engines
 from .schema import jobs, leases, workers
-from .transitions import of_run
 
 
 def new_worker_id() -> str:
@@ -46,35 +45,26 @@ def retire(engines: Engines, worker_id: str) -> None:
         conn.execute(delete(workers).where(workers.c.id == worker_id))
 
 
-#: ``decide(row) -> fields`` for a job whose worker died: the UPDATE's values
-#: (``state`` ``queued`` with a ``run_at`` to retry it, else ``failed``).
-Decide = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def rescue(engines: Engines, lease_timeout: float, now: float, decide: Decide) -> list[str]:
-    """Hand back or fail the running jobs of workers dead ``lease_timeout`` seconds;
-    return their ids. Safe to run in many processes at once."""
+def orphans(engines: Engines, lease_timeout: float, now: float) -> list[dict[str, Any]]:
+    """The running jobs of workers whose heartbeat is older than ``lease_timeout``
+    (or that have no worker row at all): ``id``, ``name``, ``func``, ``retry``,
+    ``attempt``, ``worker_id`` of each."""
     alive = select(workers.c.id).where(workers.c.heartbeat_at >= now - lease_timeout)
     with engines.read.connect() as conn:
-        orphans = [dict(r._mapping) for r in conn.execute(
-            select(jobs.c.id, jobs.c.func, jobs.c.retry, jobs.c.attempt, jobs.c.worker_id)
+        return [dict(r._mapping) for r in conn.execute(
+            select(jobs.c.id, jobs.c.name, jobs.c.func, jobs.c.retry, jobs.c.attempt,
+                   jobs.c.worker_id)
             .where(jobs.c.state == 'running',
                    # A run younger than a lease is never orphaned (its worker may
                    # have claimed it before its first heartbeat was visible).
                    jobs.c.started_at < now - lease_timeout,
                    jobs.c.worker_id.is_(None) | jobs.c.worker_id.not_in(alive)))]
-    rescued = []
-    for row in orphans:
-        fields = decide(row)
-        if fields['state'] == 'queued':
-            fields.update(worker_id=None, started_at=None, cancel_requested=False)
-        with engines.writing() as conn:
-            if conn.execute(of_run(row['id'], row['worker_id'], row['attempt'])
-                            .values(fields)).rowcount:
-                rescued.append(row['id'])
+
+
+def bury(engines: Engines, lease_timeout: float, now: float) -> None:
+    """Delete the rows of workers dead ``lease_timeout`` seconds."""
     with engines.writing() as conn:
         conn.execute(delete(workers).where(workers.c.heartbeat_at < now - lease_timeout))
-    return rescued
 
 
 def acquire(engines: Engines, name: str, holder: str, ttl: float,

@@ -47,6 +47,7 @@ class Runner:
         self._free = threading.Semaphore(self.threads)
         self._work: stdqueue.SimpleQueue[dict[str, Any] | None] = stdqueue.SimpleQueue()
         self._stopping = threading.Event()
+        self._released = threading.Event()
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._idle = threading.Condition(self._busy_lock)
@@ -67,11 +68,17 @@ class Runner:
         self._fetcher.start()
 
     def run(self) -> None:
-        """Start, and block until stopped (or, in burst mode, out of due jobs)."""
+        """Start, and block until stopped and :meth:`release`\ d (or, in burst mode,
+        out of due jobs and done with the running ones)."""
         self.start()
         assert self._fetcher is not None
         while self._fetcher.is_alive():
             self._fetcher.join(0.5)  # wakes up for KeyboardInterrupt
+        if self._stopping.is_set():
+            # stop() decides how long running jobs get and what becomes of the rest.
+            while not self._released.wait(0.5):
+                pass
+            return
         for _ in self._executors:
             self._work.put(None)
         for thread in self._executors:
@@ -163,3 +170,7 @@ class Runner:
         for thread in self._executors:
             thread.join(max(deadline - time.monotonic(), 0))
         return not any(t.is_alive() for t in self._executors)
+
+    def release(self) -> None:
+        """Let :meth:`run` return (after :meth:`stop` and whatever follows it)."""
+        self._released.set()

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from ...errors import TrackerUnavailable
 from ...trackers.base import check_progress_value, progress_from_record
 from . import codec, transitions
 from .rows import RECORD_COLUMNS, record_of
+from .engine import retry_disconnect
 from .runner import MAX_BACKOFF
 from .schema import jobs
 
@@ -41,8 +43,8 @@ class SQLJobStore:
         """The job's record, ``None`` if there is no such row (never queued, or pruned)."""
         if not isinstance(entryid, str) or len(entryid) > 32:
             return None
-        with self.backend.engines.read.connect() as conn:
-            row = conn.execute(select(*RECORD_COLUMNS).where(jobs.c.id == entryid)).first()
+        query = select(*RECORD_COLUMNS).where(jobs.c.id == entryid)
+        row = self._read(lambda conn: conn.execute(query).first())
         return None if row is None else record_of(row)
 
     def get_progress(self, entryid: str) -> tuple[int, Any] | None:
@@ -51,23 +53,40 @@ class SQLJobStore:
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """The most recently queued jobs, newest first."""
-        with self.backend.engines.read.connect() as conn:
-            rows = conn.execute(select(*RECORD_COLUMNS)
-                                .order_by(jobs.c.enqueued_at.desc()).limit(int(limit)))
-            return [(row.id, record_of(row)) for row in rows]
+        query = select(*RECORD_COLUMNS).order_by(jobs.c.enqueued_at.desc()).limit(int(limit))
+        rows = self._read(lambda conn: conn.execute(query).all())
+        return [(row.id, record_of(row)) for row in rows]
+
+    def _read(self, call: Callable[[Any], Any]) -> Any:
+        """``call(connection)`` on the read engine; once more after a dropped
+        connection; :class:`TrackerUnavailable` while the database cannot be reached
+        (the pages then say the status is unavailable, as with Redis)."""
+        def read() -> Any:
+            with self.backend.engines.read.connect() as conn:
+                return call(conn)
+        try:
+            return retry_disconnect(read)
+        except (OperationalError, InterfaceError) as exc:
+            raise TrackerUnavailable(f'the jobs database cannot be reached: {exc}') from exc
 
     # -- writes --------------------------------------------------------------------
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
-        """Nothing: the job's row, inserted when it is queued, is its record."""
+        """Insert the job's row (built by the backend's ``validate``): queuing the job
+        and writing its record are one INSERT."""
+        row = self.backend.take_row(entryid)
+        if row is not None:
+            self.backend.insert(row)
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
-        """A retry (running → queued at ``fields['eta']``); 'running' was written by
-        the claim already."""
-        if fields.get('state') != 'queued':
-            return
+        """A retry (running → queued at ``fields['eta']``). 'running' was written by
+        the row's claim already, except in immediate mode, which claims it here."""
         run = self.backend.runs.get(entryid)
-        if run is None:
+        if fields.get('state') == 'running':
+            if run is None and self.backend.immediate:
+                self.backend.claim_immediate(entryid)
+            return
+        if fields.get('state') != 'queued' or run is None:
             return
         values = {'state': 'queued', 'run_at': fields.get('eta') or time.time(),
                   'detail': fields.get('detail'), 'progress': None, 'data': None}
@@ -75,8 +94,7 @@ class SQLJobStore:
             values['error'] = codec.dumps(fields['error'])
         def requeue() -> None:
             with self.backend.engines.writing() as conn:
-                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
-                                       values)
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
         self._until_stored(requeue)
         self.backend.requeued.add(entryid)
 
@@ -108,8 +126,9 @@ class SQLJobStore:
     def _finish(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
         with self.backend.engines.writing() as conn:
             if run is not None:
-                transitions.finish_run(conn, entryid, self.backend.worker_id, run.attempt,
-                                       values)
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
+                if self.backend.immediate:
+                    self.backend.runs.pop(entryid, None)
             else:
                 conn.execute(update(jobs)
                              .where(jobs.c.id == entryid, jobs.c.state == 'queued')
@@ -141,6 +160,7 @@ class SQLJobStore:
 
     def remove(self, entryid: str) -> None:
         """Forget a job that was never handed over."""
+        self.backend.take_row(entryid)
         with self.backend.engines.writing() as conn:
             conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
 
