@@ -129,6 +129,10 @@ class JobQueue:
         if backend == 'rq':
             from .backends.rq import RQBackend
             return _adapt(RQBackend(self, **options), self.runtime)
+        if backend == 'sqlalchemy':
+            from .backends.sqlalchemy import SQLAlchemyBackend
+            return SQLAlchemyBackend(self.runtime, workers=self.workers,
+                                     immediate=self.immediate, **options)
         if callable(backend):
             made = backend(self.runtime, **options)
             if not isinstance(made, Backend):
@@ -136,7 +140,7 @@ class JobQueue:
                                 'not a tgext.asyncjob.backends.base.Backend')
             return made
         raise ValueError(f'unknown asyncjob backend {backend!r}: use "threads", "rq", '
-                         'or a factory taking the runtime')
+                         '"sqlalchemy", or a factory taking the runtime')
 
     @property
     def store(self) -> Any:
