@@ -1,8 +1,8 @@
 """The rq backend against a real Redis and PostgreSQL, with real worker processes
 started through ``python -m tgext.asyncjob.rqworker``.
 
-Each test gets its own RQ queue name on a dedicated Redis db (13), and its own
-PostgreSQL schema (``postgres_db_url``).
+Each test gets its own RQ queue name on the test Redis db (``ASYNCJOB_TEST_REDIS_URL``),
+and its own PostgreSQL schema (``postgres_db_url``).
 """
 
 import functools
@@ -28,15 +28,15 @@ from rqapp import TESTS_DIR, jobs, write_ini
 from rqapp.controllers import RQRoot
 from services import wait_for
 
-RQ_DB = 13  # a Redis db of their own: RQ keys never meet other tests' keys
 WORKER_START_TIMEOUT = 30
 WORKER_STOP_TIMEOUT = 15
 
 
 @pytest.fixture
 def rq_redis_url(redis_url):
-    """``redis_url`` on db 13."""
-    return redis_url.rsplit("/", 1)[0] + "/%d" % RQ_DB
+    """The test Redis (``ASYNCJOB_TEST_REDIS_URL``): RQ's keys are named by the test's
+    queue, so they never meet other tests' keys."""
+    return redis_url
 
 
 @pytest.fixture
