@@ -111,14 +111,69 @@ def _wait_registered(rq_setup, procs, logs):
 
 @pytest.fixture
 def rq_app(make_app, rq_setup):
-    """The web side: the sample app, plugged with backend='rq', served by WebTest."""
-    def build(**options):
+    """The web side: the sample app, plugged with backend='rq', served by WebTest;
+    ``backend_options`` add to the backend's Redis URL and queue name."""
+    def build(backend_options=None, **options):
         return make_app(rq_setup["db_url"], enable="plug", root=RQRoot, plug_options=dict(
             backend="rq",
             backend_options=dict(redis_url=rq_setup["redis_url"],
-                                 queue_name=rq_setup["queue_name"]),
+                                 queue_name=rq_setup["queue_name"], **(backend_options or {})),
             **options))
     return build
+
+
+#: Abandoned-job detection made quick for the tests (defaults: 10, 45 and 15 s).
+FAST_DEATH = {"heartbeat_interval": 1, "abandoned_after": 3, "cleanup_interval": 0.5}
+#: The documented bound (abandoned_after + cleanup_interval) plus room for a loaded machine.
+DEATH_NOTICED_TIMEOUT = FAST_DEATH["abandoned_after"] + FAST_DEATH["cleanup_interval"] + 20
+
+
+def _fast_death_ini(rq_setup):
+    """Rewrite the test's .ini with :data:`FAST_DEATH` for the worker processes."""
+    write_ini(rq_setup["ini"], db_url=rq_setup["db_url"], redis_url=rq_setup["redis_url"],
+              queue_name=rq_setup["queue_name"],
+              extra={"asyncjob.backend.%s" % k: v for k, v in FAST_DEATH.items()})
+
+
+def _descendants(pid):
+    """Pids of every process descended from ``pid`` (read from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_9_with_children(proc):
+    """SIGKILL a worker process and, at once, its work horse and scheduler."""
+    pids = [proc.pid] + _descendants(proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(WORKER_STOP_TIMEOUT)
+    return pids
+
+
+def _running(jobid):
+    status = aj.asyncjob_get_status(jobid)
+    return status if status.state is aj.JobState.RUNNING else None
+
+
+def _finished_status(jobid):
+    status = aj.asyncjob_get_status(jobid)
+    return status if status.finished else None
 
 
 def _statuses(app, ids):
@@ -472,3 +527,69 @@ def test_delayed_jobs_are_checked_at_the_call_site_and_not_lost_at_stop(rq_app, 
     assert queue.stop(1) == []
     assert queue.get_status(jobid).state is aj.JobState.QUEUED
     assert _scheduled_ids(rq_setup) == {jobid}
+
+
+def test_worker_killed_with_its_work_horse_fails_the_job_within_the_bound(rq_app, rq_setup,
+                                                                         workers):
+    """kill -9 of a worker and its work horse mid-job: RQ's abandoned-job detection,
+    run by the web process, records the job failed (WorkerDied) within
+    abandoned_after + cleanup_interval seconds, and RQ no longer says STARTED."""
+    _fast_death_ini(rq_setup)
+    app = rq_app(backend_options=FAST_DEATH)
+    url, key = rq_setup["redis_url"], "gate-%s" % uuid.uuid4().hex
+    jobid = aj.asyncjob_perform(jobs.gate, "killed", url, key)
+    worker = workers()
+    wait_for(lambda: _running(jobid), timeout=WORKER_START_TIMEOUT,
+             message=lambda: "the job never ran:\n" + workers.logs())
+    pids = _kill_9_with_children(worker)
+    assert len(pids) >= 2  # the worker and its work horse (and its scheduler)
+
+    status = wait_for(lambda: _finished_status(jobid), timeout=DEATH_NOTICED_TIMEOUT,
+                      interval=0.1, message=lambda: "the job stayed %s:\n%s" % (
+                          aj.asyncjob_get_status(jobid).state, workers.logs()))
+    assert status.state is aj.JobState.FAILED
+    assert status.error.type == "WorkerDied"
+    assert "heartbeat" in status.error.message
+    assert status.name == "rqapp.jobs.gate"
+    assert _statuses(app, [jobid])[jobid]["state"] == "failed"  # as the web pages see it
+    rq_job = rq.job.Job.fetch(jobid, connection=rq_setup["client"])
+    assert rq_job.get_status() == rq.job.JobStatus.FAILED
+    assert _row_count(app.engine) == 0
+
+
+def test_simple_worker_killed_mid_job_is_retried_by_its_policy(rq_app, rq_setup, workers):
+    """kill -9 of a --simple worker mid-job: the job's retry policy allows another
+    attempt, so it is queued again (attempt 1 failed with WorkerDied) and a worker
+    started afterwards runs it once. A --simple job longer than abandoned_after is not
+    taken for abandoned: the worker heartbeats it while it runs."""
+    _fast_death_ini(rq_setup)
+    app = rq_app(backend_options=FAST_DEATH)
+    url, key = rq_setup["redis_url"], "gate-%s" % uuid.uuid4().hex
+    worker = workers("--simple")
+    long_job = aj.asyncjob_perform(jobs.slow, "long", FAST_DEATH["abandoned_after"] * 2)
+    status = wait_for(lambda: _finished_status(long_job), timeout=60,
+                      message=lambda: "the long job did not finish:\n" + workers.logs())
+    assert status.state is aj.JobState.SUCCEEDED, workers.logs()
+
+    # No backoff: the retry goes straight to the queue (the dead worker's scheduler
+    # lock outlives it by a minute, see the README).
+    policy = aj.Retry(max_retries=2, backoff=0, jitter=False)
+    jobid = aj.asyncjob_options(retry=policy).perform(jobs.gate, "retried", url, key)
+    wait_for(lambda: _running(jobid), timeout=WORKER_START_TIMEOUT,
+             message=lambda: "the job never ran:\n" + workers.logs())
+    _kill_9_with_children(worker)
+
+    def requeued():
+        status = aj.asyncjob_get_status(jobid)
+        return status if status.state is aj.JobState.QUEUED and status.attempt == 1 else None
+
+    status = wait_for(requeued, timeout=DEATH_NOTICED_TIMEOUT, interval=0.1,
+                      message=lambda: "not queued again: %s\n%s" % (
+                          aj.asyncjob_get_status(jobid), workers.logs()))
+    assert status.error.type == "WorkerDied"
+    rq_setup["client"].rpush(key, "go")  # the next attempt gets through the gate
+    workers()
+    status = wait_for(lambda: _finished_status(jobid), timeout=60,
+                      message=lambda: "the retry did not run:\n" + workers.logs())
+    assert status.state is aj.JobState.SUCCEEDED and status.attempt == 2, status
+    assert dict(_rows(app.engine)) == {"long": 1, "retried": 1}

@@ -37,6 +37,12 @@ def gate(name, redis_url, key):
     return write_row(name)
 
 
+def slow(name, seconds):
+    """Take ``seconds`` (longer than a worker's heartbeat TTL, say), then write a row."""
+    time.sleep(float(seconds))
+    return write_row(name)
+
+
 def stamp(name, redis_url, key, fails=0):
     """Record this attempt in Redis (RPUSH onto ``key``: when it started and the
     attempt number); the first ``fails`` attempts raise ``ValueError``, the next one

@@ -36,13 +36,18 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import redis
+from rq import Callback
 from rq import Queue as RQQueue
 from rq import get_current_job
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
+from rq.registry import StartedJobRegistry
+from rq.timeouts import BaseDeathPenalty
 
+from ..errors import AsyncJobError
 from ..job import Job, JobError, JobState
+from ..retry import policy_for
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -51,6 +56,8 @@ log = logging.getLogger('tgext.asyncjob')
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
 RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
+#: RQ's failure callback of every job: how a run that died unnoticed gets recorded.
+ON_FAILURE = 'tgext.asyncjob.backends.rq.rq_job_failed'
 DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379/0'
 DEFAULT_QUEUE_NAME = 'asyncjob'
 _JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
@@ -115,6 +122,30 @@ def _as_int(value: Any) -> int | None:
     return None if value in (None, '') else int(value)
 
 
+def _seconds(name: str, value: Any, default: float, minimum: float) -> float:
+    """A setting in seconds (an .ini gives strings): finite and at least ``minimum``."""
+    seconds = default if value in (None, '') else float(value)
+    if not math.isfinite(seconds) or seconds < minimum:
+        raise ValueError(f'asyncjob.backend.{name} must be a number of seconds >= {minimum}, '
+                         f'got {value!r}')
+    return seconds
+
+
+class WorkerDied(AsyncJobError):
+    """The process running a job ended before the job did (killed, out of memory):
+    what a retry policy sees for such a run (``Retry(on=...)`` may name it)."""
+
+
+class _NoTimeLimit(BaseDeathPenalty):
+    # RQ runs failure callbacks under a SIGALRM time limit, which only the main thread
+    # may set: the cleanup thread runs ours (short Redis calls) without one.
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
 class RQBackend:
     """Hands jobs to an RQ queue; worker processes (``tgext.asyncjob.rqworker``) run them.
 
@@ -124,7 +155,18 @@ class RQBackend:
     ``ttl`` is how long a job may wait in the queue before RQ drops it (default:
     forever). Immediate mode runs the job in a thread of this process, as the thread
     backend does, after the same checks as a queued job.
+
+    A worker killed together with its job (``kill -9``, the OOM killer) is found by
+    RQ's own abandoned-job detection: workers heartbeat each running job every
+    ``heartbeat_interval`` seconds (default 10), a job without a heartbeat for
+    ``abandoned_after`` seconds (default 45) is abandoned, and every process with this
+    backend (web and workers) looks for abandoned jobs every ``cleanup_interval``
+    seconds (default 15). So such a job is retried (if its policy allows) or failed
+    with ``WorkerDied`` at most ``abandoned_after + cleanup_interval`` seconds (60 by
+    default) after the kill, while any process of the application runs.
     """
+
+    name = 'rq'
 
     durable = True
     supports_cancel = True
@@ -135,7 +177,15 @@ class RQBackend:
 
     def __init__(self, queue: JobQueue, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,
-                 job_timeout: int | str | None = None, ttl: int | str | None = None):
+                 job_timeout: int | str | None = None, ttl: int | str | None = None,
+                 heartbeat_interval: int | str | None = None,
+                 abandoned_after: int | str | None = None,
+                 cleanup_interval: float | str | None = None):
+        # RQ's heartbeats and time limits count whole seconds.
+        self.heartbeat_interval = int(_seconds('heartbeat_interval', heartbeat_interval, 10, 1))
+        self.abandoned_after = int(_seconds('abandoned_after', abandoned_after, 45,
+                                            self.heartbeat_interval + 1))
+        self.cleanup_interval = _seconds('cleanup_interval', cleanup_interval, 15, 0.1)
         self.queue = queue
         self.redis_url = redis_url or DEFAULT_REDIS_URL
         self.queue_name = queue_name or DEFAULT_QUEUE_NAME
@@ -146,7 +196,15 @@ class RQBackend:
         self.ttl = _as_int(ttl)
         self.rq_queue = RQQueue(self.queue_name, connection=self.connection)
         self._share_tracker()
+        self._cleaner: threading.Thread | None = None
+        self._cleaner_stop = threading.Event()
         _BACKENDS[self.queue_name] = self
+
+    @property
+    def description(self) -> str:
+        """One line for the start-up log: where jobs go and who runs them."""
+        return (f'RQ queue {self.queue_name!r} at {_safe_url(self.connection)}; jobs run in '
+                f'worker processes (python -m tgext.asyncjob.rqworker)')
 
     def _share_tracker(self) -> None:
         from ..trackers.memory import MemoryProgressTracker
@@ -186,7 +244,7 @@ class RQBackend:
         return dict(args=(path, job.args, job.kwargs),
                     kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry),
                     job_id=rq_job_id(job.id, job.attempt), result_ttl=0, failure_ttl=None,
-                    description=job.name)
+                    description=job.name, on_failure=Callback(ON_FAILURE))
 
     def enqueue(self, job: Job) -> None:
         """Put ``job`` on the RQ queue (see :meth:`_runner_call`)."""
@@ -196,6 +254,9 @@ class RQBackend:
     def schedule(self, job: Job, eta: float) -> None:
         """Put ``job`` in RQ's scheduled-jobs registry, due at ``eta``: the scheduler of
         a worker (``rqworker``) moves it to the queue then."""
+        if eta <= time.time():  # due (a retry without backoff): no scheduler needed
+            self.enqueue(job)
+            return
         call = self._runner_call(job)
         # RQ keeps whole seconds, rounded down: round up so it never starts early.
         when = datetime.datetime.fromtimestamp(math.ceil(eta), datetime.timezone.utc)
@@ -238,27 +299,62 @@ class RQBackend:
                                                      RQStatus.SCHEDULED):
             return False
         # The record first: a worker that took the job meanwhile reads it and skips.
-        job = Job(_cancelled, (), {}, jobid=jobid)
-        job.name = rq_job.description
+        job = job_from_rq(rq_job)
         self.queue.finished(job, JobState.CANCELLED, detail='cancelled before it started')
         self.queue.flush_tracker()
         rq_job.delete(remove_from_queue=True)
         return True
 
     def start(self) -> None:
-        """Nothing runs in the web process."""
+        """Start looking for abandoned jobs (no job runs in the web process)."""
+        if self._cleaner is not None and self._cleaner.is_alive():
+            return
+        self._cleaner_stop = threading.Event()
+        self._cleaner = threading.Thread(target=self._clean_loop, daemon=True,
+                                         name='asyncjob-rq-cleanup')
+        self._cleaner.start()
+
+    def _clean_loop(self) -> None:
+        stop = self._cleaner_stop
+        while not stop.wait(self.cleanup_interval):
+            try:
+                self.clean_abandoned()
+            except Exception:  # Redis down: log, and try again next time
+                log.warning('asyncjob rq: looking for abandoned jobs failed', exc_info=True)
+
+    def clean_abandoned(self) -> None:
+        """RQ's own abandoned-job detection, once: each job of the queue whose worker sent
+        no heartbeat for ``abandoned_after`` seconds is failed by RQ, which calls
+        :func:`rq_job_failed`: retried or recorded as failed (``WorkerDied``)."""
+        registry = StartedJobRegistry(self.queue_name, connection=self.connection,
+                                      death_penalty_class=_NoTimeLimit)
+        registry.cleanup()
 
     def stop(self, timeout: float) -> list[str]:
         """Nothing to drain: queued jobs stay in Redis for the workers."""
+        self._cleaner_stop.set()
         return []
 
     def after_fork(self) -> None:
-        """In a forked child: drop the parent's Redis connections (never share sockets)."""
+        """In a forked child: drop the parent's Redis connections (never share sockets),
+        and look for abandoned jobs there too, unless the child is an RQ work horse."""
         self.connection.connection_pool.reset()
+        if self._cleaner is not None and not self.queue.stopped and not _forking_work_horse:
+            self._cleaner = None
+            self.start()
 
 
-def _cancelled() -> None:
-    """Stands for the callable of a job cancelled before it reached a worker."""
+#: True while an RQ worker of this process forks a work horse (set by ``rqworker``):
+#: a horse runs one job and exits, it has no abandoned jobs to look for.
+_forking_work_horse = False
+
+
+def _safe_url(connection: redis.Redis) -> str:
+    """Where ``connection`` goes, without its password."""
+    kwargs = connection.connection_pool.connection_kwargs
+    if 'path' in kwargs:
+        return f'unix://{kwargs["path"]}?db={kwargs.get("db", 0)}'
+    return f'redis://{kwargs.get("host")}:{kwargs.get("port")}/{kwargs.get("db", 0)}'
 
 
 def _run_in_thread(q: JobQueue, job: Job) -> None:
@@ -305,31 +401,92 @@ def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any],
     record = q._guard(q.store.get_record, jobid)
     if record is not None and record.get('state') == JobState.CANCELLED.value:
         return
-    try:
-        func = import_callable(func_path)
-    except Exception as exc:
-        job = Job(_cancelled, (), {}, jobid=jobid)
-        job.name = func_path.replace(':', '.')
-        q.finished(job, JobState.FAILED, error=JobError.from_exception(exc),
+    job, import_error = _job_of(func_path, args, kwargs, jobid, attempt, retry)
+    if import_error is not None:
+        q.finished(job, JobState.FAILED, error=JobError.from_exception(import_error),
                    detail='the worker could not import the callable')
         q.flush_tracker()
         return
-    job = Job(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry)
-    job.name = func_path.replace(':', '.')
-    job.attempt = attempt  # run_job counts this run on top
     try:
         run_with_config(q, job, run_job)
     finally:
         q.flush_tracker()  # a forked work horse exits right after: send its writes now
 
 
-def mark_worker_died(rq_job: RQJob, why: str) -> None:
-    """Record a job whose work horse died (killed, out of memory) as failed."""
-    try:
-        q = queue_for(rq_job.origin)
-    except RuntimeError:
+def rq_job_failed(rq_job: RQJob, connection: redis.Redis, exc_type: type,
+                  exc: BaseException | None, tb: Any) -> None:
+    """RQ's failure callback of our jobs. :func:`run_rq_job` records every outcome of
+    the job's code itself, so RQ calls this for the rest: a run RQ found abandoned (its
+    worker died with it, :class:`rq.exceptions.AbandonedJobError`), or an error outside
+    the job's code. Either way, what ``job_died`` does."""
+    if isinstance(exc, AbandonedJobError):
+        backend = _BACKENDS.get(rq_job.origin)
+        after = backend.abandoned_after if backend is not None else None
+        why = (f'its worker stopped sending heartbeats (none for {after} s): the worker '
+               f'was killed or died with it' if after else 'its worker died with it')
+    else:
+        why = f'RQ failed the job outside its code ({exc_type.__name__}: {exc})'
+    job_died(rq_job, why)
+
+
+def job_died(rq_job: RQJob, why: str) -> None:
+    """The run ``rq_job`` of one of our jobs ended without recording how: retry the job
+    if its retry policy allows (the error is :class:`WorkerDied`), else record it failed
+    with error type ``WorkerDied``. Acts once per RQ job, whichever process of the
+    application notices first (a worker whose horse died, or any abandoned-job cleanup);
+    a record already finished is left alone."""
+    backend = _BACKENDS.get(rq_job.origin)
+    if backend is None:
+        log.warning('asyncjob rq: job %s died (%s) but no application with its queue %r is '
+                    'loaded in this process to record it', rq_job.id, why, rq_job.origin)
         return
-    job = Job(_cancelled, (), {}, jobid=rq_job.kwargs.get('jobid') or rq_job.id)
-    job.name = rq_job.description
-    q.finished(job, JobState.FAILED, error=JobError('WorkerDied', why))
+    q = backend.queue
+    # Several processes may notice the same death: one acts (a day covers any retry delay).
+    if not backend.connection.set(f'asyncjob:rq:died:{rq_job.id}', 1, nx=True, ex=86400):
+        return
+    job = job_from_rq(rq_job)
+    record = q._guard(q.store.get_record, job.id) or {}
+    state = record.get('state')
+    if state is not None and JobState(state).finished:
+        return
+    if int(record.get('attempt') or 0) > job.attempt + 1:
+        return  # a later run of the job exists: this one was already dealt with
+    job.attempt += 1  # the run that died counts
+    error = WorkerDied(why)
+    policy = policy_for(job.retry, job.func)
+    if policy is not None and not q.stopped and policy.should_retry(error, job.attempt):
+        log.warning('asyncjob %s (%s) attempt %d died (%s); retrying', job.id, job.func_name,
+                    job.attempt, why)
+        q.retry_later(job, JobError('WorkerDied', why), policy.delay(job.attempt))
+    else:
+        log.error('asyncjob %s (%s) failed: %s', job.id, job.func_name, why)
+        q.finished(job, JobState.FAILED, error=JobError('WorkerDied', why))
     q.flush_tracker()
+
+
+def job_from_rq(rq_job: RQJob) -> Job:
+    """Our :class:`Job` for the run ``rq_job`` (attempt = the runs made before it), with
+    its real callable, or a placeholder named after it if this process cannot import it."""
+    path, args, kwargs = rq_job.args
+    options = rq_job.kwargs
+    return _job_of(path, args, kwargs, options.get('jobid') or rq_job.id,
+                   int(options.get('attempt') or 0), options.get('retry'))[0]
+
+
+def _job_of(path: str, args: tuple | list, kwargs: dict[str, Any], jobid: str, attempt: int,
+            retry: Any) -> tuple[Job, Exception | None]:
+    """Our job named by an RQ job's arguments, and why its callable cannot be imported
+    (then it is a placeholder, :func:`_not_importable`, and the job keeps the name)."""
+    error = None
+    try:
+        func = import_callable(path)
+    except Exception as exc:
+        func, error = _not_importable, exc
+    job = Job(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry)
+    job.name = path.replace(':', '.')
+    job.attempt = attempt  # the runs made before this one
+    return job, error
+
+
+def _not_importable() -> None:
+    """Stands for a job's callable this process could not import (its name is kept)."""
