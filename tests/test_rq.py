@@ -21,6 +21,7 @@ import rq
 import sqlalchemy
 
 import tgext.asyncjob as aj
+from tgext.asyncjob.job import callable_name
 from tgext.asyncjob.backends.rq import RQBackend
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
@@ -169,6 +170,19 @@ def _kill_9_with_children(proc):
 def _running(jobid):
     status = aj.asyncjob_get_status(jobid)
     return status if status.state is aj.JobState.RUNNING else None
+
+
+class CallableLog:
+    """Hook: the callable (``module.qualname``) each failed or cancelled job names."""
+
+    def __init__(self):
+        self.failed, self.cancelled = [], []
+
+    def on_failed(self, job, error):
+        self.failed.append((job.id, callable_name(job.func)))
+
+    def on_cancelled(self, job):
+        self.cancelled.append((job.id, callable_name(job.func)))
 
 
 def _finished_status(jobid):
@@ -535,7 +549,8 @@ def test_worker_killed_with_its_work_horse_fails_the_job_within_the_bound(rq_app
     run by the web process, records the job failed (WorkerDied) within
     abandoned_after + cleanup_interval seconds, and RQ no longer says STARTED."""
     _fast_death_ini(rq_setup)
-    app = rq_app(backend_options=FAST_DEATH)
+    hook = CallableLog()
+    app = rq_app(backend_options=FAST_DEATH, hooks=[hook])
     url, key = rq_setup["redis_url"], "gate-%s" % uuid.uuid4().hex
     jobid = aj.asyncjob_perform(jobs.gate, "killed", url, key)
     worker = workers()
@@ -551,6 +566,8 @@ def test_worker_killed_with_its_work_horse_fails_the_job_within_the_bound(rq_app
     assert status.error.type == "WorkerDied"
     assert "heartbeat" in status.error.message
     assert status.name == "rqapp.jobs.gate"
+    # Hooks of the process that noticed (here the web process) get the real callable.
+    assert hook.failed == [(jobid, "rqapp.jobs.gate")]
     assert _statuses(app, [jobid])[jobid]["state"] == "failed"  # as the web pages see it
     rq_job = rq.job.Job.fetch(jobid, connection=rq_setup["client"])
     assert rq_job.get_status() == rq.job.JobStatus.FAILED
@@ -593,3 +610,21 @@ def test_simple_worker_killed_mid_job_is_retried_by_its_policy(rq_app, rq_setup,
                       message=lambda: "the retry did not run:\n" + workers.logs())
     assert status.state is aj.JobState.SUCCEEDED and status.attempt == 2, status
     assert dict(_rows(app.engine)) == {"long": 1, "retried": 1}
+
+
+def test_arguments_are_pickled_once_to_check_them_and_once_by_rq(rq_app, rq_setup):
+    rq_app()
+    before = jobs.CountsPickling.count
+    aj.asyncjob_perform(jobs.write_row, "x", value=jobs.CountsPickling())  # never run
+    # One dry run at the call site (a TypeError there, not in a worker), one when RQ
+    # stores the job.
+    assert jobs.CountsPickling.count - before == 2
+    assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 1
+
+
+def test_cancelled_job_hooks_get_its_real_callable(rq_app, rq_setup):
+    hook = CallableLog()
+    rq_app(hooks=[hook])
+    jobid = aj.asyncjob_perform(jobs.write_row, "never")
+    assert aj.asyncjob_cancel(jobid) is True
+    assert hook.cancelled == [(jobid, "rqapp.jobs.write_row")]

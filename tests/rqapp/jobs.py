@@ -69,6 +69,16 @@ def die(name):
     os.kill(os.getpid(), 9)
 
 
+class CountsPickling:
+    """An argument that counts how often it is pickled (``CountsPickling.count``)."""
+
+    count = 0
+
+    def __reduce__(self):
+        CountsPickling.count += 1
+        return (CountsPickling, ())
+
+
 class Tasks:
     """Static and class methods are importable by name: the rq backend accepts them."""
 

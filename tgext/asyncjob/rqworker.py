@@ -199,13 +199,16 @@ def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence
                              'start one worker command per application')
     names = list(queues) or list(dict.fromkeys(b.queue_name for b in backends))
     rq_queues = [Queue(n, connection=connection) for n in names]
-    timing = dict(job_monitoring_interval=min(b.heartbeat_interval for b in backends),
-                  maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
+    heartbeat = min(b.heartbeat_interval for b in backends)
     worker: TGWorker | TGSimpleWorker
     if simple:
-        worker = TGSimpleWorker(rq_queues, connection=connection, name=name, **timing)
+        worker = TGSimpleWorker(rq_queues, connection=connection, name=name,
+                                job_monitoring_interval=heartbeat, worker_ttl=WORKER_TTL,
+                                maintenance_interval=MAINTENANCE_INTERVAL)
     else:
-        worker = TGWorker(rq_queues, connection=connection, name=name, **timing,
+        worker = TGWorker(rq_queues, connection=connection, name=name,
+                          job_monitoring_interval=heartbeat, worker_ttl=WORKER_TTL,
+                          maintenance_interval=MAINTENANCE_INTERVAL,
                           work_horse_killed_handler=_horse_killed)
         worker.tg_parent_pid = os.getpid()
     worker.tg_backends = backends

@@ -233,13 +233,9 @@ class RQBackend:
         return path
 
     def _runner_call(self, job: Job) -> dict[str, Any]:
-        """RQ's arguments for a run of ``job``. Raises ``TypeError`` (and forgets the
-        job) if its callable or arguments cannot go to another process."""
-        try:
-            path = self.check(job)
-        except TypeError:
-            self._forget(job)
-            raise
+        """RQ's arguments for a run of ``job``, which :meth:`check` accepted when it was
+        queued (the arguments are not pickled once more to find out)."""
+        path = callable_path(job.func)
         job.name = path.replace(':', '.')
         return dict(args=(path, job.args, job.kwargs),
                     kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry),
@@ -264,18 +260,9 @@ class RQBackend:
         ttl = None if self.ttl is None else self.ttl + max(math.ceil(eta - time.time()), 0)
         self.rq_queue.enqueue_at(when, RUNNER, job_timeout=self.job_timeout, ttl=ttl, **call)
 
-    def _forget(self, job: Job) -> None:
-        # JobQueue.perform tracked the job before handing it over.
-        self.queue._guard(self.queue.store.remove, job.id)
-
     def run_now(self, job: Job) -> None:
-        """Immediate mode: check the job as :meth:`enqueue` would, then run it in a
-        thread of this process (own session and transaction) and wait for it."""
-        try:
-            self.check(job)
-        except TypeError:
-            self._forget(job)
-            raise
+        """Immediate mode: run the job (which :meth:`check` accepted, as for a queued
+        one) in a thread of this process (own session and transaction); wait for it."""
         thread = threading.Thread(target=_run_in_thread, args=(self.queue, job),
                                   name='asyncjob-immediate', daemon=True)
         thread.start()
