@@ -232,7 +232,7 @@ def test_thousand_jobs_two_workers(rq_app, rq_setup, workers):
     queue = app.app_globals.asyncjob_queue
     assert isinstance(queue.backend, RQBackend)
     # The default memory tracker was replaced by one on the backend's Redis.
-    assert isinstance(queue.tracker, RedisProgressTracker)
+    assert isinstance(queue.store, RedisProgressTracker)
 
     # One worker forks a child per job (the default), the other runs them itself.
     procs = [workers(), workers("--simple")]
@@ -245,7 +245,7 @@ def test_thousand_jobs_two_workers(rq_app, rq_setup, workers):
                                      "key": gate_key}).json["jobid"]
     def gate_progress():
         progress = app.get("/progress", params={"jobid": gate}).json["progress"]
-        return progress if progress not in (None, [-1, None]) else None
+        return progress if progress is not None and progress[0] > 0 else None
 
     progress = wait_for(gate_progress, timeout=30,
                         message=lambda: "gate job never ran:\n" + workers.logs())

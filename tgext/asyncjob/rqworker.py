@@ -39,8 +39,8 @@ from typing import Any, Sequence
 
 from rq import Queue, SimpleWorker, Worker
 
-from .backends import rq as rq_backend
-from .backends.rq import RQBackend, _BACKENDS, job_died
+from .backends.rq import RQBackend, backend as rq_backend, job_died
+from .backends.rq.runs import BACKENDS
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -84,13 +84,13 @@ def setup_logging(path: str) -> None:
 
 def rq_backends() -> list[RQBackend]:
     """The rq backends of the applications loaded in this process."""
-    return [b for b in list(_BACKENDS.values()) if not b.queue.stopped]
+    return [b for b in list(BACKENDS.values()) if not b.runtime.stopping]
 
 
 def _engines(backends: Sequence[RQBackend]) -> list[Any]:
     engines = []
     for backend in backends:
-        conf = backend.queue.conf or {}
+        conf = backend.runtime.conf or {}
         app_globals = conf.get('tg.app_globals')
         engine = getattr(app_globals, 'sa_engine', None)
         if engine is not None:
@@ -126,11 +126,11 @@ class TGWorker(_Heartbeats, Worker):
     tg_parent_pid: int  # set by make_worker
 
     def fork_work_horse(self, job: Any, queue: Queue) -> None:
-        rq_backend._forking_work_horse = True  # read by the backends' after_fork in the child
+        rq_backend.forking_work_horse = True  # read by the backends' after_fork in the child
         try:
             super().fork_work_horse(job, queue)
         finally:
-            rq_backend._forking_work_horse = False
+            rq_backend.forking_work_horse = False
 
     def main_work_horse(self, job: Any, queue: Queue) -> None:
         for engine in _engines(self.tg_backends):
@@ -251,12 +251,28 @@ def run(options: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())  # as gearbox: the project's package is importable
     config = None if options.app else options.config
     load_application(config, options.app, options.app_name)
-    worker = make_worker(queues=options.queues, simple=options.simple, name=options.name)
+    backends = rq_backends()
+    rq_options: dict[str, Any] = dict(
+        simple=options.simple, name=options.name, with_scheduler=options.scheduler,
+        max_jobs=options.max_jobs, logging_level=options.logging_level)
+    if len(backends) == 1:  # the application's backend runs its worker, as for any backend
+        backends[0].work(burst=options.burst, queues=options.queues, **rq_options)
+    else:
+        work(backends, burst=options.burst, queues=options.queues, **rq_options)
+    return 0
+
+
+def work(backends: Sequence[RQBackend], *, burst: bool = False, queues: Sequence[str] = (),
+         simple: bool = False, name: str | None = None, with_scheduler: bool = True,
+         max_jobs: int | None = None, logging_level: str = 'INFO') -> None:
+    """Run a worker (:func:`make_worker`) for ``backends`` in this process until it is
+    stopped, or until the queues are empty with ``burst``
+    (:meth:`~tgext.asyncjob.backends.rq.RQBackend.work` calls this)."""
+    worker = make_worker(backends, queues=queues, simple=simple, name=name)
     log.info('tgext.asyncjob rq worker %s listening on %s', worker.name,
              ', '.join(q.name for q in worker.queues))
-    worker.work(burst=options.burst, max_jobs=options.max_jobs,
-                logging_level=options.logging_level, with_scheduler=options.scheduler)
-    return 0
+    worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level,
+                with_scheduler=with_scheduler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
