@@ -19,6 +19,7 @@ import pytest
 import redis
 import rq
 import sqlalchemy
+import transaction
 
 import tgext.asyncjob as aj
 from tgext.asyncjob.job import callable_name
@@ -629,3 +630,58 @@ def test_cancelled_job_hooks_get_its_real_callable(rq_app, rq_setup):
     jobid = aj.asyncjob_perform(jobs.write_row, "never")
     assert aj.asyncjob_cancel(jobid) is True
     assert hook.cancelled == [(jobid, "rqapp.jobs.write_row")]
+
+
+def test_cancel_of_a_running_job_reaches_its_worker_and_it_is_not_retried(rq_app, rq_setup,
+                                                                          workers):
+    """Issue 10 case 2 on rq: asyncjob_cancel() of a job running in a worker process
+    returns True and turns asyncjob_cancelled() true there; the job then fails with a
+    retryable error and is not retried (no job left queued forever)."""
+    app = rq_app()
+    url, key = rq_setup["redis_url"], "seen-%s" % uuid.uuid4().hex
+    policy = aj.Retry(max_retries=3, backoff=0, jitter=False)
+    jobid = aj.asyncjob_options(retry=policy).perform(jobs.until_cancelled, "c", url, key)
+    workers()
+    wait_for(lambda: _running(jobid), timeout=WORKER_START_TIMEOUT,
+             message=lambda: "the job never ran:\n" + workers.logs())
+    assert aj.asyncjob_cancel(jobid) is True
+    status = wait_for(lambda: _finished_status(jobid), timeout=60,
+                      message=lambda: "the job did not end:\n" + workers.logs())
+    assert rq_setup["client"].lrange(key, 0, -1) == [b"cancelled"], status  # one attempt
+    assert status.state is aj.JobState.FAILED and status.attempt == 1, status
+    assert status.error.type == "ValueError"
+    assert "cancelled while running" in status.detail
+    assert aj.asyncjob_cancel(jobid) is False  # finished
+    assert not _scheduled_ids(rq_setup)
+    assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
+
+
+def test_async_functions_run_in_workers_and_generators_are_refused(rq_app, rq_setup, workers):
+    """Issue 10 case 7 on rq: an ``async def`` job runs to completion in the worker;
+    a generator function raises TypeError at the call site, nothing queued."""
+    app = rq_app()
+    with pytest.raises(TypeError, match="generator"):
+        aj.asyncjob_perform(jobs.generator_job, "never")
+    assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
+    jobid = aj.asyncjob_perform(jobs.async_write, "async")
+    worker = workers("--burst")
+    assert worker.wait(60) == 0, workers.logs()
+    status = aj.asyncjob_get_status(jobid)
+    assert status.state is aj.JobState.SUCCEEDED, (status, workers.logs())
+    assert status.result["job"] == jobid
+    assert dict(_rows(app.engine)) == {"async": 1}
+
+
+def test_on_commit_delayed_job_committing_after_stop_is_reported_by_stop(rq_app, rq_setup):
+    """Issue 10 case 3 on rq: a delayed on_commit job whose transaction commits after
+    stop() is in stop()'s list, recorded cancelled, and never reaches Redis."""
+    app = rq_app()
+    queue = app.app_globals.asyncjob_queue
+    with transaction.manager:
+        jobid = aj.asyncjob_options(on_commit=True, delay=60).perform(jobs.write_row, "late")
+        unrun = queue.stop(1)
+    assert unrun == [jobid]
+    status = queue.get_status(jobid)
+    assert status.state is aj.JobState.CANCELLED and status.detail.startswith("not run:")
+    assert not _scheduled_ids(rq_setup)
+    assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0

@@ -192,8 +192,11 @@ class RQBackend(Backend):
         record = lifecycle.guard(self.runtime.store.get_record, jobid)
         if record is None or JobState(record.get('state', 'queued')).finished:
             return False
-        # The attempts made so far say which run is next; its claim decides who wins.
-        rq_id = rq_job_id(jobid, int(record.get('attempt') or 0))
+        # The attempts counted so far say which run is the current one (running: the
+        # last counted; queued: the next); its claim decides who wins.
+        attempt = int(record.get('attempt') or 0)
+        running = record.get('state') == JobState.RUNNING.value
+        rq_id = rq_job_id(jobid, attempt - 1 if running and attempt > 0 else attempt)
         if not self.connection.set(claim_key(rq_id), 'cancel', nx=True, ex=ONCE_TTL):
             # A worker started it: ask the job to stop.
             self.connection.set(cancel_key(jobid), 1, ex=ONCE_TTL)
