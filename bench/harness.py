@@ -367,6 +367,11 @@ def pool(a, cfg):
     return {"sleep_jobs_s": rate}, {}
 
 
+# mode -> module with run(cfg) -> (metrics, checks)
+SUITES = {"request": "suite_request", "db": "suite_db", "redis": "suite_redis",
+          "durable": "suite_durable"}
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     os.sched_setaffinity(0, {cfg["cpu"]})  # inherited by every thread started later
@@ -376,13 +381,17 @@ def main():
         if cfg.get("flush_redis"):
             import redis
             redis.Redis(host=rc["host"], port=rc["port"], db=rc["db"]).flushdb()
-    import adapters
-    a = adapters.make(cfg["row"], cfg.get("redis"))
-    try:
-        metrics, checks = (pool if cfg["mode"] == "pool" else core)(a, cfg)
-    finally:
-        if hasattr(a, "kill"):
-            a.kill()
+    if cfg["mode"] in SUITES:
+        import importlib
+        metrics, checks = importlib.import_module(SUITES[cfg["mode"]]).run(cfg)
+    else:
+        import adapters
+        a = adapters.make(cfg["row"], cfg.get("redis"))
+        try:
+            metrics, checks = (pool if cfg["mode"] == "pool" else core)(a, cfg)
+        finally:
+            if hasattr(a, "kill"):
+                a.kill()
     mod = sys.modules.get("tgext.asyncjob")
     if mod is not None:  # which tgext.asyncjob this row really ran
         checks["tgext.asyncjob"] = os.path.relpath(mod.__file__, os.path.dirname(os.path.dirname(__file__)))
