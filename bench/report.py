@@ -7,7 +7,7 @@ import os
 import sys
 from statistics import median
 
-REQ_ROWS = ["floor", "0.3.1", "baseline", "current"]
+REQ_ROWS = ["floor", "0.3.1", "baseline", "current", "proto"]
 VERSIONS = ["0.3.1", "baseline", "current"]
 DB_KEYS = [("sqlite", "SQLite file"), ("pg", "PostgreSQL"),
            ("sqlite-nosync", "SQLite, synchronous=OFF"),
@@ -169,6 +169,20 @@ def render(results, facts, settings, cmd):
         w("| *the plain request itself* | %s |" % " | ".join(
             _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
             for clock in ("webtest", "body") for row in ("baseline", "current")))
+        w("")
+
+    if results.get("cpu"):
+        w("CPU cost of the pieces on the caller's thread, outside a request, worker parked "
+          "(bench/profile_perform.py: min of 7 timeit loops, µs):\n")
+        w("| piece | baseline | current |")
+        w("|---|---|---|")
+        keys = []
+        for row in ("baseline", "current"):
+            for r in _runs(results, "cpu", row):
+                keys += [k for k in r["metrics"] if k not in keys]
+        for k in keys:
+            w("| %s | %s |" % (k, " | ".join(_fmt(_med(results, "cpu", row, k))
+                                           for row in ("baseline", "current"))))
         w("")
 
     # ------------------------------------------------------------------ database

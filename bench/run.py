@@ -155,13 +155,14 @@ def plan(args, redis_cfg):
     base = {"cpu": args.cpu}
     pg = {"pg_host": "127.0.0.1", "pg_port": 5432, "pg_db": args.pg_db}
     out = []
-    for row in ("floor", "0.3.1", "baseline", "current"):
-        venv = "current" if row == "floor" else row
+    for row in ("floor", "0.3.1", "baseline", "current") + (("proto",) if args.proto else ()):
+        venv = row if row in VENVS else "current"
         out.append(("request", row, venv, dict(base, mode="request", row=row,
                                                requests=args.requests), args.rounds))
     for row in ("baseline", "current"):
         out.append(("parts", row, row, dict(base, mode="parts", row=row,
                                             requests=args.requests // 2), args.rounds))
+        out.append(("cpu", row, row, dict(base, mode="cpu", row=row), 1))
     for db in ("sqlite", "pg"):
         for fsync in (True, False):
             for row in ("0.3.1", "baseline", "current"):
@@ -234,9 +235,11 @@ def main():
     ap.add_argument("--latency-samples", type=int, default=300)
     ap.add_argument("--baseline", default=BASELINE, help="commit to compare with")
     ap.add_argument("--tree", help="measure this checkout's tgext/ (PYTHONPATH) as 'current'")
+    ap.add_argument("--proto", help="also measure this checkout (a library prototype) in the "
+                    "request suite, as row 'proto', with the current venv")
     ap.add_argument("--pg-db", default="bench", help="PostgreSQL database (created if missing)")
     ap.add_argument("--cpu", type=int, default=0, help="CPU every benchmark process is pinned to")
-    ap.add_argument("--suites", nargs="*", help="request parts db redis durable durable-rt")
+    ap.add_argument("--suites", nargs="*", help="request parts cpu db redis durable durable-rt")
     ap.add_argument("--quick", action="store_true", help="small counts, one round: a smoke run")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args()
@@ -266,6 +269,8 @@ def main():
             random.Random(rnd).shuffle(batch)  # no row always runs first / last
             for suite, row, venv, cfg, _ in batch:
                 pp = tree if (venv == "current" and args.tree) else None
+                if row == "proto":
+                    pp = os.path.abspath(args.proto)
                 res = run_one(venv, cfg, timeout=400 if suite == "durable" else 240,
                               pythonpath=pp)
                 results.setdefault(suite, {}).setdefault(row, []).append(res)

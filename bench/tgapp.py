@@ -104,6 +104,11 @@ def build(variant, job, db_url=None, tracker=None, workers=1, **start_options):
         extras = {}
     else:
         import tgext.asyncjob as aj
+        try:  # the bench-proto prototype: hand-off after the response (plug() adds it)
+            from tgext.asyncjob.handoff import HandOffAfterResponse
+            wsgi = HandOffAfterResponse(wsgi)
+        except ImportError:
+            pass
         if tracker is None:
             from tgext.asyncjob.trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
