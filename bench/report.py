@@ -88,6 +88,12 @@ def render(results, facts, settings, cmd):
           facts["cpu"], facts["cores"], facts["kernel"], facts["python"], facts["postgresql"],
           facts["redis_server"], settings["cpu"], " ".join(facts["loadavg_start"]),
           " ".join(facts["loadavg_end"]), settings["raw"]))
+    if facts.get("durable_tree"):
+        w("The issue 12 rows of `current` (sqlalchemy, threads) ran from `%s` "
+          "(`--durable-tree`: main had no sqlalchemy backend yet).\n" % facts["durable_tree"])
+    if facts.get("proto"):
+        w("Row `proto`: the library prototype of bench/NOTES.md, `%s` (`--proto`).\n"
+          % facts["proto"])
     if facts.get("sources_changed_during_run"):
         w("**Warning: tgext/asyncjob sources changed while this ran. Rerun.**\n")
 
@@ -115,6 +121,10 @@ def render(results, facts, settings, cmd):
             _mark(cur <= 0.01) if cur is not None else "",
             _vs(_added(results, "current", clock), _added(results, "baseline", clock), False)
             + " (added µs)"))
+    if _runs(results, "request", "proto"):
+        w("| *prototype `proto`: hand-off after the response* (WebTest / body) | ≤ 1%% | | | | "
+          "%s / %s | |" % (_pct(_med(results, "request", "proto", "webtest_share")),
+                           _pct(_med(results, "request", "proto", "body_share"))))
     for key, label in DB_KEYS:
         suite = "db:" + key
         cells = [_med(results, suite, r, "ratio") for r in VERSIONS]

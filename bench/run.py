@@ -237,6 +237,8 @@ def main():
     ap.add_argument("--tree", help="measure this checkout's tgext/ (PYTHONPATH) as 'current'")
     ap.add_argument("--proto", help="also measure this checkout (a library prototype) in the "
                     "request suite, as row 'proto', with the current venv")
+    ap.add_argument("--durable-tree", help="checkout whose tgext/ the durable (issue 12) rows "
+                    "of this venv measure, e.g. a throwaway merge holding the sqlalchemy backend")
     ap.add_argument("--pg-db", default="bench", help="PostgreSQL database (created if missing)")
     ap.add_argument("--cpu", type=int, default=0, help="CPU every benchmark process is pinned to")
     ap.add_argument("--suites", nargs="*", help="request parts cpu db redis durable durable-rt")
@@ -271,6 +273,8 @@ def main():
                 pp = tree if (venv == "current" and args.tree) else None
                 if row == "proto":
                     pp = os.path.abspath(args.proto)
+                if suite.startswith("durable") and venv == "current" and args.durable_tree:
+                    pp = os.path.abspath(args.durable_tree)
                 res = run_one(venv, cfg, timeout=400 if suite == "durable" else 240,
                               pythonpath=pp)
                 results.setdefault(suite, {}).setdefault(row, []).append(res)
@@ -285,6 +289,16 @@ def main():
         facts["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
                                       capture_output=True, text=True).stdout.strip() + \
             " (--tree %s)" % tree
+    if args.durable_tree:
+        dt = os.path.abspath(args.durable_tree)
+        facts["durable_tree"] = "%s at %s" % (dt, subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"], cwd=dt, capture_output=True,
+            text=True).stdout.strip())
+    if args.proto:
+        pt = os.path.abspath(args.proto)
+        facts["proto"] = "%s at %s" % (pt, subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"], cwd=pt, capture_output=True,
+            text=True).stdout.strip())
     facts["loadavg_start"] = load_start
     facts["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     facts["sources_changed_during_run"] = source_digest(tree) != digest

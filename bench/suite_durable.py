@@ -124,6 +124,9 @@ class Procrastinate:
             if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 c.execute("CREATE DATABASE %s" % db)
         with psycopg.connect(_pg(cfg, db), autocommit=True) as c:
+            # a previous run's connections (its process just ended) must not hold locks
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
             c.execute("DROP SCHEMA public CASCADE")
             c.execute("CREATE SCHEMA public")
         self.dsn = _pg(cfg, db, port)
@@ -134,8 +137,6 @@ class Procrastinate:
         if port is None:
             self.app.schema_manager.apply_schema()
         else:
-            with psycopg.connect(_pg(cfg, db), autocommit=True) as c:
-                pass
             procrastinate.App(connector=procrastinate.PsycopgConnector(
                 conninfo=_pg(cfg, db))).open().schema_manager.apply_schema()
 
