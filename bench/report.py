@@ -271,8 +271,9 @@ def _durable(w, results, settings):
       "DBSession inside `transaction.manager`.\n")
     floor, proc = g("floor-pg", "jobs_s"), g("procrastinate-pg", "jobs_s")
     w("| PostgreSQL | jobs/s | / floor (≥ 0.7) | / procrastinate (≥ 1) | enqueue in txn µs | "
-      "live µs | round trips / enqueue (1) | latency p50 ms (≤ 5) | p99 ms |")
-    w("|---|---|---|---|---|---|---|---|---|")
+      "live µs | round trips / enqueue (1) | round trips / job (workers) | latency p50 ms (≤ 5) "
+      "| p99 ms |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg"):
         rate = g(row, "jobs_s")
         if rate is None and not _runs(results, "durable-rt", row):
@@ -282,10 +283,11 @@ def _durable(w, results, settings):
         rp = rate / proc if rate and proc else None
         rt = g(row, "enqueue_txn_rt", "durable-rt")
         p50 = g(row, "latency_p50_ms")
-        w("| %s | %s | %s%s | %s%s | %s | %s | %s%s | %s%s | %s |" % (
+        w("| %s | %s | %s%s | %s%s | %s | %s | %s%s | %s | %s%s | %s |" % (
             row.replace("-pg", ""), _fmt(rate), _fmt(rf), _mark(rf >= 0.7) if ours and rf else "",
             _fmt(rp), _mark(rp >= 1) if ours and rp else "", _fmt(g(row, "enqueue_txn_us")),
-            _fmt(g(row, "enqueue_txn_live_us")), _fmt(rt), _mark(rt <= 1) if ours and rt else "",
+            _fmt(g(row, "enqueue_txn_live_us")), _rt(rt), _mark(rt <= 1) if ours and rt else "",
+            _rt(g(row, "job_rt", "durable-rt")),
             _fmt(p50), _mark(p50 <= 5) if ours and p50 else "", _fmt(g(row, "latency_p99_ms"))))
     w("")
     w("| SQLite file (for scale) | jobs/s | enqueue in txn µs | live µs | latency p50 ms | p99 ms |")

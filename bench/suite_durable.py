@@ -24,7 +24,8 @@ Each process measures, in this order:
    started (those no-op jobs are run by the drain before the batch), and again
    at the end with the 4 workers idle in this process (``_live``).
 With ``cfg["rt"]`` the process instead routes every database connection through
-rtproxy.py and counts round trips of the enqueue alone (workers never started).
+rtproxy.py and counts round trips of the enqueue alone (workers not started yet),
+then round trips per job of the workers running a batch.
 """
 import gc
 import json
@@ -271,8 +272,19 @@ def round_trips(cfg):
         enqueue()
         counts.append(proxy.turns)
         commit()
-    return {"enqueue_txn_rt": median(counts), "enqueue_txn_rt_max": max(counts)}, {
-        "rt_samples": len(counts)}
+    # Per job on the worker side: m jobs queued in one transaction (not counted), then
+    # the 4 workers start and run them (and the jobs queued above); every turn of
+    # every connection counts (claims, completion, listener, polls, heartbeats).
+    m = cfg.get("rt_jobs", 500)
+    durablejobs.expect(m)
+    impl.batch(m)
+    proxy.reset()
+    impl.start()
+    if not durablejobs.all_done.wait(300):
+        raise RuntimeError("only %d of %d jobs ran" % (durablejobs.count, m))
+    per_job = proxy.turns / (m + len(counts))
+    return {"enqueue_txn_rt": median(counts), "enqueue_txn_rt_max": max(counts),
+            "job_rt": per_job}, {"rt_samples": len(counts), "rt_jobs": m + len(counts)}
 
 
 def enqueue_costs(impl, k):
