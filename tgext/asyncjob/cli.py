@@ -31,6 +31,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .errors import UnsupportedOption
+
 log = logging.getLogger('tgext.asyncjob')
 
 #: Settings the worker command forces on every application it loads, per backend:
@@ -248,10 +250,7 @@ def run_worker(options: argparse.Namespace) -> int:
             _work(queue.backend, threads=options.threads, burst=options.burst,
                   queues=options.queues or None)
         except _NoWorkLoop as exc:
-            if name != 'rq':
-                raise CommandError(str(exc)) from None
-            _rq_work(queue.backend, threads=options.threads, burst=options.burst,
-                     queues=options.queues or None)
+            raise CommandError(str(exc)) from None
     finally:
         stopper.join()
         stopper.restore()
@@ -272,19 +271,11 @@ def _work(backend: Any, *, threads: int, burst: bool, queues: list[str] | None) 
                           'work() method): its jobs cannot run in a worker process')
     try:
         work(threads=threads, burst=burst, queues=queues)
+    except UnsupportedOption as exc:  # e.g. --threads 2 for rq
+        raise CommandError(str(exc)) from None
     except NotImplementedError as exc:
         raise _NoWorkLoop(str(exc) or f'the {backend_name(backend)} backend cannot run '
                           'in a worker process') from None
-
-
-def _rq_work(backend: Any, *, threads: int, burst: bool, queues: list[str] | None) -> None:
-    # Until RQBackend has its own work(): today's RQ worker of rqworker.py.
-    from . import rqworker
-    if threads != 1:
-        raise CommandError('the rq backend runs one job at a time per worker process: '
-                           'start more worker processes instead of --threads')
-    worker = rqworker.make_worker([backend], queues=queues or ())
-    worker.work(burst=burst, with_scheduler=True)
 
 
 # -- the command line --------------------------------------------------------------
