@@ -170,7 +170,8 @@ class Job:
         self.started_at: float | None = None
         self.meta: dict[str, Any] = meta if meta is not None else {}
         self.options = options
-        self.lock = threading.Lock()
+        # Reentrant: a hook told of a change (under the lock) may cancel its own job.
+        self.lock = threading.RLock()
 
     @property
     def func_name(self) -> str:
