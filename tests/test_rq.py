@@ -708,9 +708,13 @@ def test_abandoned_job_settings_are_checked_at_start(rq_setup, option, value):
             "heartbeat_interval": 1, option: value})
 
 
-def test_work_runs_one_job_at_a_time_per_process(rq_app):
+def test_work_runs_one_job_at_a_time_per_process(rq_app, workers):
     queue = rq_app().app_globals.asyncjob_queue
     with pytest.raises(aj.UnsupportedOption, match="worker processes"):
         queue.backend.work(threads=2)
     assert queue.backend.name == "rq"
     assert "worker processes" in queue.backend.description
+    # The shared worker command says so and exits with its usage status.
+    proc = workers("--threads", "2", command=("tgext.asyncjob", "worker"))
+    assert proc.wait(60) == 2
+    assert "one job at a time per worker process" in workers.logs()
