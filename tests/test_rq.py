@@ -28,6 +28,7 @@ from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 from rqapp import TESTS_DIR, jobs, write_ini
+from rqapp.contract import stop_process_group
 from rqapp.controllers import RQRoot
 from services import wait_for
 
@@ -77,7 +78,8 @@ def workers(rq_setup):
         named = ["--name", name] if command == ("tgext.asyncjob.rqworker",) else []
         proc = subprocess.Popen(
             [sys.executable, "-m", *command, rq_setup["ini"], *named, *extra],
-            cwd=str(rq_setup["tmp_path"]), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            cwd=str(rq_setup["tmp_path"]), env=_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its process group ends with it (stop_process_group)
         proc.log, proc.worker_name = log, name
         started.append(proc)
         return proc
@@ -88,11 +90,7 @@ def workers(rq_setup):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for proc in started:
-        try:
-            proc.wait(WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(WORKER_STOP_TIMEOUT)
+        stop_process_group(proc)
         proc.log.close()
 
 
