@@ -254,6 +254,7 @@ class LegacyTrackerAdapter:
         self.tracker.remove(entryid)
 
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        check_progress_value(value)
         if not self._is_finished(entryid):
             self.tracker.set_progress(entryid, value, message)
 
