@@ -406,7 +406,7 @@ def test_memory_tracker_is_bounded_in_bytes_not_only_by_count():
         for n in range(500):
             jobid = new_id()
             tracker.track(jobid, {'state': 'queued'})
-            tracker.finish(jobid, {'state': 'succeeded', 'result': bytes(1024 * 1024)})
+            tracker.finish(jobid, {'state': 'succeeded', 'result': 'r' * 1024 * 1024})
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

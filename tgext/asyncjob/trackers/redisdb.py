@@ -209,13 +209,14 @@ class RedisProgressTracker(ProgressTracker):
         if fields.get('error') is not None:
             fields['error'], cut = clip_error(fields['error'], budget)
         if fields.get('result') is not None:
-            encoded = _dumps(fields['result'], 'the result')
-            text, size = clip_text(encoded, budget)
-            if size is not None:
+            result = fields['result']
+            out['result'] = encoded = _dumps(result, 'the result')
+            size = len(encoded.encode())
+            if size > budget:
+                # A string is cut as itself; anything else as its JSON text.
+                text, _ = clip_text(result if isinstance(result, str) else encoded, budget)
                 out['result'] = _dumps(text, 'the result')
                 cut.append(f'result truncated from {size} bytes of JSON')
-            else:
-                out['result'] = encoded
         note_truncation(fields, cut, budget)
         for k, v in fields.items():
             if v is None or k in out:
