@@ -7,7 +7,6 @@ actions run for every application). ``start_async_worker`` is the 0.3 entry poin
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import sys
 import types
@@ -20,7 +19,7 @@ from tg.support.converters import asbool, asint
 
 from .errors import AlreadyStarted, AsyncJobError, NoWorkerError
 from .context import running_queue
-from .queue import _QUEUES, JobQueue
+from .queue import JobQueue, stop_all  # noqa: F401 - stop_all: public here since 0.3
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -149,7 +148,6 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
     app_globals.asyncjob_queue = q
     q.backend.start()
     _default_queue = q
-    log.info('tgext.asyncjob: %d worker thread(s) started', q.workers)
     return q
 
 
@@ -230,11 +228,3 @@ def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str
     return {'appid': 'tgext.asyncjob'}
 
 
-def stop_all(timeout: float | None = None) -> None:
-    """Stop every running queue of this process (also run at interpreter exit)."""
-    for q in list(_QUEUES):
-        if not q.stopped:
-            q.stop(timeout)
-
-
-atexit.register(stop_all)
