@@ -97,6 +97,8 @@ def note_truncation(fields: dict[str, Any], cut: list[str], budget: int) -> None
 def approx_size(obj: Any, limit: int) -> int:
     """Roughly the bytes ``obj`` holds (``sys.getsizeof`` over its containers and
     attributes), counted until past ``limit``: cost bounded by ``limit``, not ``obj``."""
+    if obj is None or type(obj) in (str, int, float, bool):
+        return sys.getsizeof(obj)  # the common case, without the walk below
     total, seen, todo = 0, set(), [obj]
     while todo and total <= limit:
         item = todo.pop()
