@@ -5,11 +5,14 @@ Each test is one row of the table. Where trackers differ by design, the differen
 the capability flag ``supports_status`` (a 0.3 tracker keeps no finished records) or
 ``supports_listing``, never the tracker's class.
 """
+import json
+import os
 import secrets
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import tracemalloc
 from types import SimpleNamespace
 
@@ -447,3 +450,49 @@ def test_memory_tracker_results_whose_repr_raises_are_kept_within_budget():
     tracker.finish(jobid, {'state': 'succeeded', 'result': Hostile()})
     record = tracker.get_record(jobid)
     assert 'Hostile' in record['result'] and 'repr()' in record['detail']
+
+
+# Forking a process whose threads run is what gunicorn --preload does (Python 3.12+ warns).
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
+def test_memory_tracker_in_a_forked_child_shows_the_parents_live_jobs_as_unknown():
+    """Issue 10 case 4: the child's copy of the records said "queued" forever for jobs
+    that only the parent runs."""
+    tracker = MemoryProgressTracker()
+    queued, running, done = new_id(), new_id(), new_id()
+    for jobid in (queued, running, done):
+        tracker.track(jobid, {'state': 'queued', 'enqueued_at': time.time()})
+    tracker.update(running, {'state': 'running'})
+    tracker.finish(done, {'state': 'succeeded', 'result': 7})
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            report = {name: tracker.get_record(jobid) for name, jobid in
+                      [('queued', queued), ('running', running), ('done', done)]}
+            report['progress'] = [tracker.get_progress(queued), tracker.get_progress(running)]
+            report['listed'] = sorted(r['state'] for _, r in tracker.recent())
+            tracker.set_progress(running, 5, None)  # the child cannot revive it either
+            report['after'] = tracker.get_record(running)['state']
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        except BaseException:
+            os.write(write_fd, traceback.format_exc().encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        output = f.read()
+    os.waitpid(pid, 0)
+    report = json.loads(output)  # a traceback here means the child failed
+    assert report['queued']['state'] == report['running']['state'] == 'unknown'
+    assert f'process {os.getpid()}' in report['queued']['detail']
+    assert report['done'] == {'state': 'succeeded', 'enqueued_at': report['done']['enqueued_at'],
+                              'result': 7}
+    assert report['progress'] == [None, None]
+    assert report['listed'] == ['succeeded', 'unknown', 'unknown']
+    assert report['after'] == 'unknown'
+    # The parent's own records are untouched.
+    assert tracker.get_record(queued)['state'] == 'queued'
+    assert tracker.get_progress(running) == (0, None)

@@ -98,9 +98,11 @@ class MemoryProgressTracker(ProgressTracker):
         cut: list[str] = []
         if fields.get('result') is not None or fields.get('error') is not None:
             fields = dict(fields)  # the caller's dict stays as it was
-            fields['result'] = self._clip(fields.get('result'), 'result', cut)
-            fields['error'], error_cut = clip_error(fields.get('error'), self.max_result_bytes)
-            cut += error_cut
+            if fields.get('result') is not None:
+                fields['result'] = self._clip(fields['result'], 'result', cut)
+            if fields.get('error') is not None:
+                fields['error'], error_cut = clip_error(fields['error'], self.max_result_bytes)
+                cut += error_cut
         now = time.time()
         with self._lock:
             if entryid in self._finished:
