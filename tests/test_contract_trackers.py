@@ -21,7 +21,7 @@ import pytest
 from tgext.asyncjob import asyncjob_perform, asyncjob_set_progress, start_async_worker
 from tgext.asyncjob.queue import JobQueue
 from tgext.asyncjob.trackers.base import (RESULT_BUDGET, JobStore, LegacyTrackerAdapter,
-                                          ProgressTracker, as_store)
+                                          ProgressTracker, as_store, startup_check)
 from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
@@ -496,3 +496,13 @@ def test_memory_tracker_in_a_forked_child_shows_the_parents_live_jobs_as_unknown
     # The parent's own records are untouched.
     assert tracker.get_record(queued)['state'] == 'queued'
     assert tracker.get_progress(running) == (0, None)
+
+
+def test_startup_check_of_any_store_never_raises(store):
+    class Raising(FourMethodTracker):
+        def startup_check(self, timeout):
+            raise RuntimeError('boom')
+
+    assert startup_check(store) is None
+    assert startup_check(FourMethodTracker()) is None  # cannot be asked: nothing to say
+    assert 'boom' in startup_check(Raising())

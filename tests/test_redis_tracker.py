@@ -239,7 +239,8 @@ def test_ten_megabyte_results_and_messages_are_stored_truncated(redis_url, redis
 
 @pytest.mark.parametrize('url', ['redis://127.0.0.1:6379/abc', 'redis://127.0.0.1:6379/1x',
                                  'redis://127.0.0.1:6379/0?db=two', 'redis://h:port/0',
-                                 'http://127.0.0.1:6379/0', '127.0.0.1:6379'])
+                                 'redis://127.0.0.1:6379/²', 'http://127.0.0.1:6379/0',
+                                 '127.0.0.1:6379'])
 def test_a_redis_url_redis_py_would_misread_is_refused(url):
     with pytest.raises(ValueError, match='Redis URL'):
         RedisProgressTracker(url=url)

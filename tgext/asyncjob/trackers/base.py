@@ -296,6 +296,20 @@ class LegacyTrackerAdapter:
         return None
 
 
+def startup_check(store: Any, timeout: float = 1.0) -> str | None:
+    """``store.startup_check(timeout)`` for any store, including ones written before that
+    method (a backend's own store, a duck-typed tracker): ``None`` if it answers or
+    cannot be asked, else why not. Never raises: its answer is a start-up warning."""
+    check = getattr(store, 'startup_check', None)
+    if not callable(check):
+        return None
+    try:
+        answer = check(timeout)
+    except Exception as exc:
+        return f'{type(store).__name__}.startup_check() failed: {exc!r}'
+    return str(answer) if answer else None
+
+
 REQUIRED_METHODS = ('track', 'remove', 'set_progress', 'get_progress')
 
 

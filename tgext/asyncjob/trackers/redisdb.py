@@ -62,7 +62,7 @@ def check_redis_url(url: str) -> str:
     dbs = urllib.parse.parse_qs(parts.query).get('db', [])
     path_db = '' if parts.scheme == 'unix' else parts.path.strip('/')
     for db in ([path_db] if path_db else []) + dbs:
-        if not db.isdigit():
+        if not (db.isascii() and db.isdigit()):
             raise ValueError(f'the database in Redis URL {url!r} must be a number '
                              f'(redis://host:6379/0), got {db!r}')
     return url
