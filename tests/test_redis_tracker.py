@@ -257,9 +257,9 @@ def test_valid_redis_urls_are_read_as_written(url, db):
 
 
 def test_the_ini_setting_rejects_a_bad_database():
-    from tgext.asyncjob.tgwiring import tracker_from_setting
+    from tgext.asyncjob.settings import coercion
     with pytest.raises(ValueError, match='abc'):
-        tracker_from_setting('redis://127.0.0.1:6379/abc')
+        coercion()['asyncjob.tracker']('redis://127.0.0.1:6379/abc')
 
 
 def test_startup_check_answers_none_when_redis_answers(tracker):
