@@ -322,6 +322,7 @@ def test_the_tracker_setting_is_a_plug_option_too(make_app, sqlite_db_url, redis
 @pytest.mark.parametrize('key, value, where', [
     ('asyncjob.stop_timeout', 'nan', 'plug'),
     ('asyncjob.put_timeout', '-1', 'ini'),
+    ('asyncjob.put_timeout', '1e12', 'ini'),
     ('asyncjob.workers', '1.5', 'ini'),
     ('asyncjob.attempts', '0', 'ini'),
     ('asyncjob.jobs_access', 'yes please', 'ini'),

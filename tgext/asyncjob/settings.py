@@ -62,8 +62,13 @@ def _integer(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
+#: The longest number of seconds accepted (about 100 years): far below what
+#: ``threading`` timeouts overflow at, far above any real setting.
+MAX_SECONDS = 100 * 365.25 * 86400
+
+
 def seconds(value: Any) -> float:
-    """A finite number of seconds >= 0 (``nan``, ``inf`` and negatives rejected)."""
+    """A finite number of seconds in [0, MAX_SECONDS] (``nan``, ``inf`` rejected)."""
     if isinstance(value, str):
         try:
             value = float(value)
@@ -71,8 +76,9 @@ def seconds(value: Any) -> float:
             raise ValueError(f'expected a number of seconds, got {value!r}') from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f'expected a number of seconds, got {value!r}')
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f'expected a finite number of seconds >= 0, got {value!r}')
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f'expected a finite number of seconds between 0 and '
+                         f'{MAX_SECONDS:.0f}, got {value!r}')
     return float(value)
 
 
