@@ -17,6 +17,7 @@ Unavailable services make tests fail (``pytest.fail``), never skip.
 """
 
 import inspect
+import types
 import os
 import sys
 import threading
@@ -264,3 +265,23 @@ def queue():
     q = start_async_worker(SimpleNamespace())
     yield q
     q.stop(10)
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """``started(tracker=None, **options)`` starts a queue on fresh globals, found only
+    through ``start_async_worker``'s default (an application built by an earlier test
+    stays the process configuration otherwise); all stopped after."""
+    from tgext.asyncjob import locate, start_async_worker
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
+    queues = []
+
+    def start(tracker=None, **options):
+        q = start_async_worker(types.SimpleNamespace(), tracker, **options)
+        queues.append(q)
+        return q
+
+    yield start
+    for q in queues:
+        if not q.stopped:
+            q.stop(10)

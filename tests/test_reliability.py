@@ -9,14 +9,12 @@ import sys
 import textwrap
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 from tg import expose
 
 import tgext.asyncjob
-from tgext.asyncjob import (QueueFull, QueueStopped, asyncjob_perform,
-                            locate, start_async_worker)
+from tgext.asyncjob import QueueFull, QueueStopped, asyncjob_perform
 
 from jobhelpers import Gate, wait_finished
 from sampleapp import model
@@ -25,29 +23,6 @@ from services import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {}
-
-
-@pytest.fixture
-def isolated(monkeypatch):
-    """Outside a request, find queues only through ``start_async_worker``'s default:
-    an application built by an earlier test stays the process configuration."""
-    monkeypatch.setattr(locate, 'current_conf', lambda: None)
-
-
-@pytest.fixture
-def started(isolated):
-    """``started(**options)`` starts a worker on fresh globals; all stopped after."""
-    queues = []
-
-    def start(**options):
-        q = start_async_worker(SimpleNamespace(), **options)
-        queues.append(q)
-        return q
-
-    yield start
-    for q in queues:
-        if not q.stopped:
-            q.stop(10)
 
 
 def unrun_warnings(caplog):
@@ -302,18 +277,20 @@ def test_interpreter_exit_stops_the_queue_and_reports_what_did_not_run(tmp_path)
 # -------------------------------------------------------------------- watchdog
 
 class WorkerKiller(BaseException):
-    """Not an Exception: hooks are shielded from Exceptions only, so it escapes."""
+    """What no job, hook or store can do any more (each is shielded): end a worker
+    thread. The test makes the execution path itself raise it, after the claim."""
 
 
-class KillOnStart:
-    """A hook that kills the worker thread when the job named ``doomed`` starts.
+def kill_on(q, victim):
+    """Make ``q``'s worker threads die when they run a job of ``victim``."""
+    execute = q.runtime.execute
 
-    It raises in the worker loop outside the job's own try/except (``started``
-    runs before it), the honest way a worker thread can die."""
-
-    def on_started(self, job):
-        if job.func is doomed:
+    def dying_execute(job):
+        if job.func is victim:
+            q.lifecycle.claim(job)
             raise WorkerKiller('killed for the test')
+        execute(job)
+    q.runtime.execute = dying_execute
 
 
 def doomed():
@@ -322,7 +299,8 @@ def doomed():
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')
 def test_a_dead_worker_thread_is_replaced_and_its_job_failed(started, caplog):
-    q = started(workers=1, hooks=[KillOnStart()])
+    q = started(workers=1)
+    kill_on(q, doomed)
     pool = q.backend
     pool.watch_interval = 0.05
     before = pool.threads[0]
@@ -343,7 +321,8 @@ def test_a_dead_worker_thread_is_replaced_and_its_job_failed(started, caplog):
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')
 def test_check_threads_replaces_each_dead_thread_once(started):
-    q = started(workers=3, hooks=[KillOnStart()])
+    q = started(workers=3)
+    kill_on(q, doomed)
     pool = q.backend
     pool._watch.set()  # no watchdog thread: the test calls check_threads itself
     pool._watchdog.join(10)

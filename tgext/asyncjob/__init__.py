@@ -5,14 +5,15 @@ SQLAlchemy session and transaction while the page polls :func:`asyncjob_get_prog
 """
 from __future__ import annotations
 
-import dataclasses
+import time
 from typing import Any, Callable
 
 from .database import asyncjob_timed_query
-from .errors import (AlreadyStarted, AsyncJobError, NoWorkerError, NotInJobError, QueueFull,
-                     QueueStopped, TrackerUnavailable)
+from .errors import (AlreadyStarted, AsyncJobError, JobFailed, NoWorkerError, NotInJobError,
+                     QueueFull, QueueStopped, TrackerUnavailable, UnsupportedOption)
 from .job import JobError, JobState, JobStatus
 from .context import running_job, running_queue
+from .options import JobOptions
 from .queue import JobQueue, eta_of
 from .retry import Retry, require_retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
@@ -24,6 +25,7 @@ __all__ = [
     'plugme', 'stop_all', 'current_queue', 'Retry', 'retry', 'JobOptions',
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
+    'JobFailed', 'UnsupportedOption',
 ]
 
 
@@ -36,22 +38,6 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
     return current_queue().perform(callable, args, kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class JobOptions:
-    """How to queue a job, kept apart from the job's own arguments (so that
-    ``asyncjob_perform(fn, retries=3)`` still passes ``retries`` to ``fn``)."""
-
-    delay: float | None = None
-    at: Any = None
-    on_commit: bool | None = None
-    retry: Retry | None = None
-
-    def perform(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
-        """:func:`asyncjob_perform` with these options; returns the job id at once."""
-        return current_queue().perform(callable, args, kwargs, delay=self.delay, at=self.at,
-                                       on_commit=self.on_commit, retry=self.retry)
-
-
 def asyncjob_options(*, delay: float | None = None, at: Any = None,
                      on_commit: bool | None = None, retry: Retry | None = None) -> JobOptions:
     """Options for one job: ``asyncjob_options(delay=30).perform(fn, *args, **kwargs)``.
@@ -61,7 +47,7 @@ def asyncjob_options(*, delay: float | None = None, at: Any = None,
     (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy.
     """
     require_retry(retry)
-    eta_of(delay, at, 0.0)  # the same checks perform() makes, here at the call site
+    eta_of(delay, at, time.time())  # the same checks perform() makes, here at the call site
     return JobOptions(delay, at, on_commit, retry)
 
 
@@ -112,7 +98,7 @@ def asyncjob_cancelled() -> bool:
     job = running_job()
     if job is None:
         raise NotInJobError('asyncjob_cancelled() called outside a job')
-    return job.cancelled
+    return job.cancel_requested
 
 
 def stop(timeout: float | None = None) -> list[str]:

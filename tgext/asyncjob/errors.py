@@ -27,3 +27,18 @@ class AlreadyStarted(AsyncJobError):
 
 class TrackerUnavailable(AsyncJobError):
     """The progress tracker's storage (e.g. Redis) cannot be reached."""
+
+
+class UnsupportedOption(AsyncJobError, ValueError):
+    """The queue's backend cannot honour an option given for this job (see the
+    capability flags of :class:`~tgext.asyncjob.backends.base.Backend`)."""
+
+
+class JobFailed(Exception):
+    """Raise it in a job to fail it with a message meant for the job's user.
+
+    The message is shown on the status page and JSON even where tracebacks are not
+    allowed (``JobError.public`` is True); any other exception's message is hidden
+    there, since it may carry SQL, parameters or paths. The job is not retried unless
+    its retry policy names ``JobFailed``.
+    """

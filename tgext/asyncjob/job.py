@@ -3,51 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
-import os
+import secrets
 import threading
 import time
 from typing import Any, Callable
 
 
-_IDS_PER_BLOCK = 256
-_counter = itertools.count()
-_block: tuple[int, bytes] = (-1, b'')
-_block_lock = threading.Lock()
-
-
-def _forget_random_after_fork() -> None:
-    # A child must never hand out ids its parent still holds in its buffer.
-    global _counter, _block, _block_lock
-    _counter, _block, _block_lock = itertools.count(), (-1, b''), threading.Lock()
-
-
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_forget_random_after_fork)
-
-
 def new_job_id() -> str:
-    """A 128-bit id from the kernel's CSPRNG (``os.urandom``): unguessable, unique
-    across processes, carrying no MAC address or clock.
-
-    Random bytes are read 4 KiB at a time, one block per 256 ids; ``next()`` on the
-    counter is atomic, so each id's slice of a block belongs to one caller only. A
-    caller that finds the block already replaced by a newer one reads its own 16
-    bytes instead, and a forked child starts with none of its parent's bytes.
-    """
-    global _block
-    generation, slot = divmod(next(_counter), _IDS_PER_BLOCK)
-    block = _block
-    if block[0] != generation:
-        if block[0] < generation:
-            with _block_lock:
-                if _block[0] < generation:
-                    _block = (generation, os.urandom(16 * _IDS_PER_BLOCK))
-                block = _block
-        if block[0] != generation:
-            return os.urandom(16).hex()
-    start = slot * 16
-    return block[1][start:start + 16].hex()
+    """A 128-bit id from the operating system's CSPRNG: unguessable (ids are the only
+    key to a job's status pages), unique across processes, carrying no MAC or clock."""
+    return secrets.token_hex(16)
 
 
 def callable_name(func: Callable[..., Any]) -> str:
@@ -75,23 +40,53 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+def safe_str(value: Any) -> str:
+    """``str(value)``, or a placeholder naming its type if that raises: recording how a
+    job ended must survive any object the job hands back."""
+    try:
+        return str(value)
+    except BaseException:  # noqa: B036 - a hostile __str__ may raise anything
+        return f'<{type(value).__qualname__} object: str() failed>'
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder naming its type if that raises."""
+    try:
+        return repr(value)
+    except BaseException:  # noqa: B036
+        return f'<{type(value).__qualname__} object: repr() failed>'
+
+
 @dataclasses.dataclass(frozen=True)
 class JobError:
-    """Why a job failed: the exception's type, message and formatted traceback."""
+    """Why a job failed: the exception's type, message and formatted traceback.
+
+    ``public`` is True when the message was written for the job's user (the job raised
+    :class:`~tgext.asyncjob.errors.JobFailed`): pages may show it. Other messages may
+    carry SQL, parameters or paths, and are shown only where tracebacks are allowed.
+    """
 
     type: str
     message: str
     traceback: str = ''
+    public: bool = False
 
-    def as_record(self) -> dict[str, str]:
+    def as_record(self) -> dict[str, Any]:
         """The dict a tracker stores (and :meth:`JobStatus.from_record` reads back)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> JobError:
+        """The error of ``exc``, even if its ``__str__`` raises."""
         import traceback
-        return cls(type(exc).__qualname__, str(exc),
-                   ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+        from .errors import JobFailed
+        try:
+            formatted = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:  # noqa: B036 - never lose the error to a broken formatter
+            formatted = ''
+        return cls(type(exc).__qualname__, safe_str(exc), formatted,
+                   public=isinstance(exc, JobFailed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,13 +140,22 @@ class JobStatus:
 
 
 class Job:
-    """A queued call. ``__slots__`` because one is made per enqueue, on the request's path."""
+    """A queued call and where it is in its life.
+
+    ``state`` is changed only by :class:`~tgext.asyncjob.lifecycle.Lifecycle`, under
+    ``lock``. ``cancel_requested`` is set when someone cancels the job while it runs
+    (``asyncjob_cancelled()`` reads it). ``meta`` is JSON-safe data that travels with
+    the job on every backend (trace context, ...). ``options`` are the
+    :class:`~tgext.asyncjob.options.JobOptions` it was queued with.
+    """
 
     __slots__ = ('id', 'func', 'args', 'kwargs', 'name', 'enqueued_at', 'eta', 'attempt',
-                 'retry', 'cancelled', 'started_at')
+                 'retry', 'state', 'cancel_requested', 'started_at', 'meta', 'options',
+                 'lock')
 
     def __init__(self, func: Callable[..., Any], args: tuple, kwargs: dict,
-                 jobid: str | None = None, eta: float | None = None, retry: Any = None):
+                 jobid: str | None = None, eta: float | None = None, retry: Any = None,
+                 options: Any = None, meta: dict[str, Any] | None = None):
         self.id = jobid or new_job_id()
         self.func = func
         self.args = args
@@ -161,8 +165,12 @@ class Job:
         self.eta = eta
         self.attempt = 0
         self.retry = retry
-        self.cancelled = False
+        self.state = JobState.QUEUED
+        self.cancel_requested = False
         self.started_at: float | None = None
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self.options = options
+        self.lock = threading.Lock()
 
     @property
     def func_name(self) -> str:
@@ -171,5 +179,10 @@ class Job:
             self.name = callable_name(self.func)
         return self.name
 
+    @property
+    def cancelled(self) -> bool:
+        """0.3-era name of :attr:`cancel_requested` (read-only)."""
+        return self.cancel_requested
+
     def __repr__(self) -> str:
-        return f'<Job {self.id} {self.func_name}>'
+        return f'<Job {self.id} {self.func_name} {self.state.value}>'

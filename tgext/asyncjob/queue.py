@@ -1,42 +1,66 @@
-"""The job queue: takes jobs, tracks them, hands them to the worker pool, and
-answers for their status. One ``JobQueue`` per application (``app_globals.asyncjob_queue``).
+"""The job queue: takes jobs, tracks them, hands them to the backend, and answers for
+their status. One ``JobQueue`` per application (``app_globals.asyncjob_queue``).
+
+The queue validates a job at the call site, writes its first record, and hands it over
+(at once, after the transaction commits, or when due); every later state change goes
+through its :class:`~tgext.asyncjob.lifecycle.Lifecycle`. Immediate mode is
+implemented here, once, for every backend.
 """
 from __future__ import annotations
 
+import atexit
+import inspect
 import logging
+import math
 import threading
 import time
 import weakref
 from typing import Any, Callable, Mapping
 
-from .errors import NotInJobError, QueueFull, QueueStopped, TrackerUnavailable
+from . import checks
+from .backends.base import Backend
 from .context import running_job
+from .errors import NotInJobError, QueueFull, QueueStopped
+from .execution import Runtime
 from .forking import reset_in_child
 from .hooks import Hooks
 from .job import Job, JobError, JobState, JobStatus
+from .lifecycle import Lifecycle
+from .options import JobOptions
 from .retry import Retry, require_retry
-from .scheduler import Scheduler
 from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
 
 
-def eta_of(delay: float | None, at: Any, now: float) -> float | None:
-    """The start time for ``delay`` seconds after ``now`` or ``at`` (datetime or epoch
-    seconds); ``TypeError``/``ValueError`` for anything else."""
+def eta_of(delay: Any, at: Any, now: float) -> float | None:
+    """The start time for ``delay`` seconds after ``now`` or ``at`` (a datetime or epoch
+    seconds); ``TypeError``/``ValueError`` for anything else, NaN, infinities, or a time
+    further than :data:`~tgext.asyncjob.checks.MAX_SECONDS` away."""
     if delay is not None and at is not None:
         raise TypeError('give delay or at, not both')
     if delay is not None:
-        if not isinstance(delay, (int, float)) or delay < 0:
-            raise ValueError(f'delay must be a number of seconds >= 0, got {delay!r}')
-        return now + delay
-    if at is not None:
-        if hasattr(at, 'timestamp'):
-            at = at.timestamp()
-        if not isinstance(at, (int, float)):
-            raise TypeError(f'at must be a datetime or epoch seconds, got {at!r}')
-        return float(at)
-    return None
+        return now + checks.seconds('delay', delay)  # type: ignore[operator]
+    if at is None:
+        return None
+    if hasattr(at, 'timestamp'):
+        at = at.timestamp()
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        raise TypeError(f'at must be a datetime or epoch seconds, got {at!r}')
+    if not math.isfinite(at) or at - now > checks.MAX_SECONDS:
+        raise ValueError(f'at must be a time within {checks.MAX_SECONDS:.0f} s from now, '
+                         f'got {at!r}')
+    return float(at)
+
+
+def check_callable(func: Any) -> None:
+    """``TypeError`` for what cannot be a job: non-callables, and generator functions
+    (calling one runs none of its body: the job would "succeed" doing nothing)."""
+    if not callable(func):
+        raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(f'{func!r} is a generator function: its body runs only when iterated, '
+                        'which nothing does in a job; queue a function that does the work')
 
 
 def _open_transaction() -> Any:
@@ -50,15 +74,17 @@ def _open_transaction() -> Any:
 
 
 class JobQueue:
-    """Accepts jobs and runs them on a pool of ``workers`` threads.
+    """Accepts jobs and runs them through a backend, by default ``workers`` threads.
 
     ``max_queue`` bounds the number of waiting jobs (0: unbounded); when full,
-    :meth:`perform` waits up to ``put_timeout`` seconds, then raises :class:`QueueFull`.
-    ``attempts`` retries transactions that fail with a retryable conflict.
-    ``immediate`` runs each job synchronously, still in its own thread, session and
-    transaction (for tests). ``conf`` is the TurboGears configuration jobs run under.
-    ``backend`` runs the jobs: by default a :class:`~tgext.asyncjob.worker.WorkerPool`
-    of threads in this process.
+    :meth:`perform` waits up to ``put_timeout`` seconds (``None``: without limit), then
+    raises :class:`QueueFull`. ``attempts`` (>= 1) retries transactions that fail with a
+    retryable conflict. ``immediate`` runs each job synchronously, still in its own
+    thread, session and transaction (for tests), whatever the backend. ``conf`` is the
+    TurboGears configuration jobs run under. ``stop_timeout`` is how long :meth:`stop`
+    (and interpreter exit) lets queued and running jobs finish. ``backend``:
+    ``'threads'`` (default), ``'rq'``, or a factory ``factory(runtime, **options)``
+    returning a :class:`~tgext.asyncjob.backends.base.Backend`.
     """
 
     def __init__(self, tracker: Any = None, *, workers: int = 1, max_queue: int = 0,
@@ -70,193 +96,146 @@ class JobQueue:
         if tracker is None:
             from .trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
-        if int(workers) < 1:
-            raise ValueError(f'workers must be at least 1, got {workers!r}')
-        if int(max_queue) < 0:
-            raise ValueError(f'max_queue must not be negative, got {max_queue!r}')
+        self.workers = checks.count('workers', workers, minimum=1)
+        self.max_queue = checks.count('max_queue', max_queue)
+        self.put_timeout = checks.seconds('put_timeout', put_timeout, none_ok=True)
+        self.attempts = checks.count('attempts', attempts, minimum=1)
+        self.stop_timeout = checks.seconds('stop_timeout', stop_timeout)
         self.tracker = tracker
-        self.store = as_store(tracker)
-        self.workers = int(workers)
-        self.max_queue = int(max_queue)
-        self.put_timeout = put_timeout
-        self.attempts = max(int(attempts), 1)
         self.immediate = bool(immediate)
         self.conf = conf
         self.hooks = Hooks(hooks)
-        self.stop_timeout = stop_timeout
         self.enqueue_on_commit = bool(enqueue_on_commit)
-        self._scheduler: Scheduler | None = None
-        self._jobs: dict[str, Job] = {}
+        self.lifecycle = Lifecycle(as_store(tracker), self.hooks)
+        self.runtime = Runtime(self, self.lifecycle, conf=conf, attempts=self.attempts,
+                               stopping=lambda: self._stopped)
         self._stopped = False
-        self._tracker_down = False
-        self._tracker_lock = threading.Lock()
-        self._finished = threading.Condition()
-        self._waiters = 0
+        self._exited = False
+        self._waiting_commit: set[str] = set()
         self.backend = self._make_backend(backend, backend_options or {})
-        self._backend_check = getattr(self.backend, 'check', None)
-        # A backend that schedules itself (rq: in Redis) keeps delayed jobs and retries
-        # durable; otherwise they wait in this process's Scheduler thread.
-        self._backend_schedule: Callable[[Job, float], None] | None = (
-            self.backend.schedule if getattr(self.backend, 'supports_schedule', False)
-            else None)
-        _QUEUES.add(self)  # for stop_all() at interpreter exit
+        self.runtime.backend = self.backend
+        own_store = self.backend.own_store()
+        if own_store is not None:
+            self.lifecycle.store = own_store
+        _QUEUES.add(self)  # for the stop at interpreter exit
         # Registered after its tracker, so the tracker is reset first in a child.
         reset_in_child(self, '_after_fork')
 
-    def _make_backend(self, backend: Any, options: dict[str, Any]) -> Any:
+    def _make_backend(self, backend: Any, options: dict[str, Any]) -> Backend:
         if backend in (None, 'threads'):
             from .worker import WorkerPool
-            return WorkerPool(self, self.workers, self.max_queue, self.put_timeout)
+            return WorkerPool(self.runtime, self.workers, self.max_queue, self.put_timeout,
+                              **options)
         if backend == 'rq':
             from .backends.rq import RQBackend
-            return RQBackend(self, **options)
+            return _adapt(RQBackend(self, **options), self.runtime)
         if callable(backend):
-            return backend(self, **options)
+            made = backend(self.runtime, **options)
+            if not isinstance(made, Backend):
+                raise TypeError(f'asyncjob backend factory {backend!r} returned {made!r}, '
+                                'not a tgext.asyncjob.backends.base.Backend')
+            return made
         raise ValueError(f'unknown asyncjob backend {backend!r}: use "threads", "rq", '
-                         'or a factory taking the JobQueue')
+                         'or a factory taking the runtime')
+
+    @property
+    def store(self) -> Any:
+        """The job store every state change is written to (the tracker, adapted)."""
+        return self.lifecycle.store
+
+    @store.setter
+    def store(self, store: Any) -> None:
+        self.lifecycle.store = store
 
     # -- taking jobs ---------------------------------------------------------------
 
     def perform(self, func: Callable[..., Any], args: tuple = (),
                 kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
-                at: float | None = None, on_commit: bool | None = None,
+                at: Any = None, on_commit: bool | None = None,
                 retry: Retry | None = None) -> str:
         """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
 
-        ``delay`` (seconds) or ``at`` (epoch seconds) hold the job until then;
-        ``on_commit`` hands it over only when the current transaction commits
+        ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) hold the job until
+        then; ``on_commit`` hands it over only when the current transaction commits
         (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`.
+        Every check (these values, the callable, what the backend can honour) is made
+        here, before anything is stored.
         """
-        if not callable(func):
-            raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
+        check_callable(func)
         if self._stopped:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
         require_retry(retry)
-        job = Job(func, args, kwargs or {}, retry=retry)
+        if on_commit is None:
+            on_commit = self.enqueue_on_commit
+        job = Job(func, args, kwargs or {}, retry=retry,
+                  options=JobOptions(delay, at, bool(on_commit), retry))
+        job.eta = eta_of(delay, at, job.enqueued_at)
+        self.backend.validate(job)
         record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
-        if delay is not None or at is not None:
-            record['eta'] = job.eta = eta_of(delay, at, job.enqueued_at)
-        if self._backend_check is not None:
-            self._backend_check(job)  # e.g. rq: an importable callable, picklable arguments
+        if job.eta is not None:
+            record['eta'] = job.eta
         txn = None
-        if on_commit or (on_commit is None and self.enqueue_on_commit):
+        if on_commit and not self.backend.transactional_enqueue:
             txn = _open_transaction()
             if txn is not None:
                 record['detail'] = 'waiting for the transaction that queued it to commit'
-        # The request path: _guard() inlined.
-        try:
-            self.store.track(job.id, record)
-        except TrackerUnavailable as exc:
-            self._tracker_failed(exc)
-        else:
-            if self._tracker_down:
-                self._tracker_back()
-        if self.hooks:
-            self.hooks.emit('enqueued', job)
+        self.lifecycle.track(job, record)
+        self.hooks.emit('enqueued', job)
         if txn is not None:
-            self.hold(job)
+            self.lifecycle.hold(job)
+            self._waiting_commit.add(job.id)
             txn.addAfterCommitHook(self._after_commit, (job,))
-            txn.addAfterAbortHook(self._after_abort, (job,))
+            txn.addAfterAbortHook(self._after_commit, (False, job))
         else:
             self._hand_off(job)
         return job.id
 
     def _hand_off(self, job: Job) -> None:
-        """Give a job to the scheduler if it is not due yet, else to the backend."""
-        if job.eta is not None and job.eta > time.time() and not self.immediate:
-            self._schedule(job, job.eta)
+        """Run ``job`` now (immediate mode), give it to the backend's scheduling if it is
+        not due yet, else to the backend. A job refused (queue full or stopped) is
+        forgotten and the error raised: the caller gets no id."""
+        if self.immediate:
+            self._run_immediately(job)
             return
         try:
-            if self.immediate:
-                self.backend.run_now(job)
-                self.flush_tracker()  # the caller sees the final state at once
+            if self._stopped:
+                raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
+            if job.eta is not None and job.eta > time.time():
+                self.backend.schedule(job, job.eta)
             else:
                 self.backend.enqueue(job)
-        except QueueFull:
-            self._jobs.pop(job.id, None)
-            self._guard(self.store.remove, job.id)
+        except (QueueFull, QueueStopped, TypeError):
+            self.lifecycle.forget(job)
             raise
 
-    def _release(self, job: Job) -> None:
-        """A delayed job is due (called by the scheduler thread)."""
-        try:
-            self.backend.enqueue(job)
-        except QueueStopped:
-            pass  # the backend already reported it
-        except Exception as exc:
-            log.exception('asyncjob %s (%s): could not hand over a due job', job.id, job.func_name)
-            self.finished(job, JobState.FAILED, error=JobError.from_exception(exc))
+    def _run_immediately(self, job: Job) -> None:
+        # A fresh thread, as a worker would: its own transaction, session and config,
+        # never the caller's (a request's transaction must not run the job's work).
+        self.lifecycle.hold(job)
+        thread = threading.Thread(target=self.runtime.execute, args=(job,),
+                                  name='asyncjob-immediate', daemon=True)
+        thread.start()
+        thread.join()
+        self.lifecycle.flush()  # the caller sees the final state at once
 
     def _after_commit(self, committed: bool, job: Job) -> None:
+        """The transaction that queued ``job`` ended: hand it over, or drop it."""
+        self._waiting_commit.discard(job.id)
+        if job.state is not JobState.QUEUED:
+            return  # dropped meanwhile by stop(): reported there
         if not committed:
-            self._after_abort(job)
+            self.lifecycle.drop(job, 'the transaction that queued it aborted')
             return
         try:
             self._hand_off(job)
-        except Exception:
+        except QueueStopped:
+            self.lifecycle.drop(job, 'the queue was stopped before its transaction committed')
+        except Exception as exc:
             log.exception('asyncjob %s (%s): could not queue after commit', job.id, job.func_name)
-            self._after_abort(job, 'it could not be queued after the commit')
+            self.lifecycle.drop(job, f'it could not be queued after the commit ({exc!r})')
+        self.lifecycle.flush()
 
-    def _after_abort(self, job: Job, why: str = 'the transaction that queued it aborted') -> None:
-        if not job.cancelled:
-            job.cancelled = True
-            self.finished(job, JobState.CANCELLED, detail=f'not run: {why}')
-            self.flush_tracker()
-
-    @property
-    def scheduler(self) -> Scheduler:
-        """The delayed-jobs scheduler, made on first use."""
-        if self._scheduler is None:
-            self._scheduler = Scheduler(self._release)
-        return self._scheduler
-
-    def retry_later(self, job: Job, error: JobError, delay: float) -> None:
-        """Queue ``job`` again in ``delay`` seconds after a failed attempt. For workers."""
-        job.started_at = None
-        eta = time.time() + delay
-        fields = {'state': 'queued', 'attempt': job.attempt, 'eta': eta,
-                  'detail': f'attempt {job.attempt} failed; retrying in {delay:.3g} s',
-                  'error': error.as_record()}
-        self._guard(self.store.update, job.id, fields)
-        if self.hooks:
-            self.hooks.emit('retrying', job, error, delay)
-        self._schedule(job, eta)
-
-    def _schedule(self, job: Job, eta: float) -> None:
-        """Run ``job`` at ``eta``: the backend's own scheduling if it has any, else
-        this process's scheduler thread (which holds the job, for cancel and stop)."""
-        if self._backend_schedule is not None:
-            job.eta = eta
-            self.flush_tracker()  # the record says queued before anyone can see the job
-            self._backend_schedule(job, eta)
-            return
-        self.hold(job)
-        self.scheduler.schedule(job, eta)
-
-    # -- tracker access, shielded from outages ------------------------------------
-
-    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
-        """Tracker writes from the queue and workers: an outage is logged once, not raised."""
-        try:
-            result = call(*args)
-        except TrackerUnavailable as exc:
-            self._tracker_failed(exc)
-            return None
-        if self._tracker_down:
-            self._tracker_back()
-        return result
-
-    def _tracker_failed(self, exc: TrackerUnavailable) -> None:
-        with self._tracker_lock:
-            first, self._tracker_down = not self._tracker_down, True
-        if first:
-            log.warning('asyncjob tracker unavailable, jobs keep running untracked: %s', exc)
-
-    def _tracker_back(self) -> None:
-        with self._tracker_lock:
-            back, self._tracker_down = self._tracker_down, False
-        if back:
-            log.warning('asyncjob tracker is reachable again')
+    # -- progress and status -------------------------------------------------------
 
     def set_progress(self, value: int, data: Any = None) -> None:
         """Record the running job's progress (see ``asyncjob_set_progress``)."""
@@ -265,9 +244,8 @@ class JobQueue:
             raise NotInJobError('asyncjob_set_progress() called outside a job: it sets the '
                                 'progress of the job running in the current thread')
         check_progress_value(value)  # built-in trackers also check data they cannot store
-        self._guard(self.store.set_progress, job.id, value, data)
-        if self.hooks:
-            self.hooks.emit('progress', job, value, data)
+        self.lifecycle.guard(self.store.set_progress, job.id, value, data)
+        self.hooks.emit('progress', job, value, data)
 
     def get_progress(self, jobid: str) -> tuple[int, Any] | None:
         """The 0.3 answer for ``jobid``; raises :class:`TrackerUnavailable` in an outage."""
@@ -286,50 +264,12 @@ class JobQueue:
             raise NotImplementedError(f'{type(self.tracker).__name__} cannot list jobs')
         return [JobStatus.from_record(i, r) for i, r in self.store.recent(limit)]
 
-    # -- job lifecycle, called by workers ----------------------------------------
-
-    def started(self, job: Job) -> None:
-        """Mark ``job`` running."""
-        job.attempt += 1
-        job.started_at = time.time()
-        self._guard(self.store.update, job.id,
-                    {'state': 'running', 'started_at': job.started_at, 'attempt': job.attempt})
-        if self.hooks:
-            self.hooks.emit('started', job)
-
-    def finished(self, job: Job, state: JobState, result: Any = None,
-                 error: JobError | None = None, detail: str = '') -> None:
-        """Record the final state (after the commit or abort) and wake waiters."""
-        fields: dict[str, Any] = {'state': state.value, 'finished_at': time.time()}
-        if result is not None:
-            fields['result'] = result
-        if error is not None:
-            fields['error'] = error.as_record()
-        if detail:
-            fields['detail'] = detail
-        try:
-            self._guard(self.store.finish, job.id, fields)
-        except TypeError:
-            fields['result'] = repr(result)
-            fields['detail'] = 'the tracker could not store the result: kept its repr()'
-            self._guard(self.store.finish, job.id, fields)
-        self._jobs.pop(job.id, None)
-        if self.hooks:
-            if state is JobState.SUCCEEDED:
-                self.hooks.emit('succeeded', job, result)
-            elif state is JobState.FAILED:
-                self.hooks.emit('failed', job, error)
-            else:
-                self.hooks.emit('cancelled', job)
-        if self._waiters:
-            with self._finished:
-                self._finished.notify_all()
-
     # -- waiting, cancelling, stopping -------------------------------------------
 
     def wait(self, jobid: str, timeout: float | None = None, poll: float = 0.02) -> JobStatus:
         """Block until ``jobid`` is finished (or unknown), or ``timeout`` passes;
         return its status then. Jobs of other processes are polled every ``poll`` s."""
+        checks.seconds('timeout', timeout, none_ok=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.get_status(jobid)
@@ -338,26 +278,18 @@ class JobQueue:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return status
-            with self._finished:
-                self._waiters += 1
-                try:
-                    self._finished.wait(poll if remaining is None else min(poll, remaining))
-                finally:
-                    self._waiters -= 1
+            self.lifecycle.wait_for_change(poll if remaining is None else min(poll, remaining))
 
     def cancel(self, jobid: str) -> bool:
-        """Cancel a job of this process. A queued job will not run (state cancelled);
-        a running one only gets its flag set, which it may check with
-        ``asyncjob_cancelled()``. Returns False if the job is not queued or running here."""
-        job = self._jobs.get(jobid)
+        """Cancel a job. A queued job will not run (state cancelled); a running one only
+        gets its flag set, which it may check with ``asyncjob_cancelled()``, and is not
+        retried. False if the job is finished or unknown."""
+        job = self.lifecycle.get(jobid) if isinstance(jobid, str) else None
         if job is None:
-            backend_cancel = getattr(self.backend, 'cancel', None)
-            return bool(backend_cancel(jobid)) if backend_cancel is not None else False
-        job.cancelled = True
-        if job.started_at is None:
-            self.finished(job, JobState.CANCELLED, detail='cancelled before it started')
-            self.flush_tracker()  # the caller reads the new state next
-        return True
+            return bool(self.backend.cancel(jobid))
+        done = self.lifecycle.cancel(job)
+        self.lifecycle.flush()  # the caller reads the new state next
+        return done
 
     @property
     def stopped(self) -> bool:
@@ -365,46 +297,140 @@ class JobQueue:
         return self._stopped
 
     def stop(self, timeout: float | None = None) -> list[str]:
-        """Stop taking jobs, run what is queued for up to ``timeout`` seconds, and
-        report the rest: each job that did not run is logged at WARNING and marked
-        cancelled. Returns the ids of the jobs that did not run."""
-        if timeout is None:
-            timeout = self.stop_timeout
+        """Stop taking jobs, run what is queued for up to ``timeout`` seconds (default
+        ``stop_timeout``), and report the rest: each job that did not run is logged at
+        WARNING, marked cancelled, and its id returned. Jobs still running at the
+        deadline are left to finish (logged); at interpreter exit they are recorded
+        ``failed`` (``Interrupted``) instead, since the process ends under them."""
+        return self._stop(timeout, exiting=False)
+
+    def _stop(self, timeout: float | None, exiting: bool) -> list[str]:
+        timeout = self.stop_timeout if timeout is None else checks.seconds('timeout', timeout)
+        assert timeout is not None
+        deadline = time.monotonic() + timeout
         self._stopped = True
-        unrun = []
-        if self._scheduler is not None:
-            for job in self._scheduler.stop():
-                self.report_unrun(job, 'it was still waiting for its start time')
-                unrun.append(job.id)
+        lifecycle = self.lifecycle
+        unrun = [job.id for job in self.backend.stop_scheduled()
+                 if lifecycle.drop(job, 'it was still waiting for its start time')]
         unrun += self.backend.stop(timeout)
-        self.flush_tracker()
+        for job in lifecycle.held():
+            if job.state is JobState.QUEUED and lifecycle.drop(job, self._why_unrun(job)):
+                unrun.append(job.id)
+        running = [job for job in lifecycle.held() if job.state is JobState.RUNNING]
+        if exiting:
+            while running and time.monotonic() < deadline:
+                lifecycle.wait_for_change(min(deadline - time.monotonic(), 0.05))
+                running = [job for job in running if job.state is JobState.RUNNING]
+            for job in running:
+                lifecycle.interrupt(job, f'still running when the process exited, '
+                                         f'{timeout:g} s after the queue was stopped')
+        else:
+            for job in running:
+                log.warning('asyncjob %s (%s) still running at stop; left to finish',
+                            job.id, job.func_name)
+        lifecycle.flush()
         return unrun
 
-    def flush_tracker(self) -> None:
-        """Send the tracker's buffered writes now, if it buffers any (see the Redis
-        tracker's ``write_behind``)."""
-        flush = getattr(self.store, 'flush', None)
-        if flush is not None:
-            self._guard(flush)
-
-    def hold(self, job: Job) -> None:
-        """Remember a job this process will run, so it can be cancelled. For backends."""
-        self._jobs[job.id] = job
-
-    def report_unrun(self, job: Job, why: str) -> None:
-        """Log and mark a job that will never run."""
-        log.warning('asyncjob %s (%s) did not run: %s', job.id, job.func_name, why)
-        self.finished(job, JobState.CANCELLED, detail=f'not run: {why}')
+    def _why_unrun(self, job: Job) -> str:
+        if job.id in self._waiting_commit:
+            return 'the queue was stopped before the transaction that queued it committed'
+        if job.eta is not None and job.eta > time.time():
+            return 'it was still waiting for its start time'
+        return 'the queue was stopped before it started'
 
     def _after_fork(self) -> None:
-        # The child must not run the parent's queued jobs (the parent does): start empty.
-        self._jobs = {}
-        self._finished = threading.Condition()
-        self._tracker_lock = threading.Lock()
-        self._waiters = 0
-        if self._scheduler is not None:
-            self._scheduler.after_fork()
+        # The child must not run or report the parent's jobs (the parent does): start empty.
+        self.lifecycle.after_fork()
+        self._waiting_commit = set()
         self.backend.after_fork()
+
+    # -- 0.3/1.0 backend compatibility (rq backend, until it is ported onto Runtime) --
+
+    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
+        return self.lifecycle.guard(call, *args)
+
+    def flush_tracker(self) -> None:
+        """Send the tracker's buffered writes now (see the Redis ``write_behind``)."""
+        self.lifecycle.flush()
+
+    def finished(self, job: Job, state: JobState, result: Any = None,
+                 error: JobError | None = None, detail: str = '') -> None:
+        """For the rq backend only: the end of a job rebuilt outside this process."""
+        if state is JobState.CANCELLED:
+            job.state = JobState.QUEUED
+            self.lifecycle.cancel(job)
+        else:
+            job.state = JobState.RUNNING
+            self.lifecycle.fail(job, error or JobError('Error', detail), detail)
+
+
+def _adapt(legacy: Any, runtime: Runtime) -> Backend:
+    """Present a backend written against the 1.0 seam (``check``, ``run_now``,
+    ``supports_schedule``) as a :class:`Backend` (still an instance of its own class).
+    For the rq backend until it is ported onto the runtime; then this goes."""
+
+    class Adapted(Backend):
+        durable = getattr(legacy, 'durable', False)
+        spans_processes = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(legacy, name)
+
+        def validate(self, job: Job) -> None:
+            Backend.validate(self, job)
+            legacy.check(job)
+
+        def enqueue(self, job: Job) -> None:
+            legacy.enqueue(job)
+
+        def schedule(self, job: Job, eta: float) -> None:
+            if getattr(legacy, 'supports_schedule', False):
+                job.eta = eta
+                runtime.lifecycle.flush()
+                legacy.schedule(job, eta)
+            else:
+                Backend.schedule(self, job, eta)
+
+        def cancel(self, jobid: str) -> bool:
+            return bool(legacy.cancel(jobid))
+
+        def start(self) -> None:
+            legacy.start()
+
+        def stop(self, timeout: float) -> list[str]:
+            return list(legacy.stop(timeout))
+
+        def after_fork(self) -> None:
+            Backend.after_fork(self)
+            legacy.after_fork()
+
+    both: Any = type(type(legacy).__name__, (Adapted, type(legacy)), {})
+    made: Backend = object.__new__(both)
+    Backend.__init__(made, runtime)
+    return made
 
 
 _QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def stop_all(timeout: float | None = None) -> None:
+    """Stop every running queue of this process."""
+    for q in list(_QUEUES):
+        if not q.stopped:
+            q.stop(timeout)
+
+
+def _stop_at_exit() -> None:
+    # Registered when this module is imported, before anything that imports it, so it
+    # runs after their exit handlers (atexit is last in, first out). Running jobs get
+    # their queue's stop_timeout; any still running then are recorded as interrupted.
+    for q in list(_QUEUES):
+        if not q._exited:
+            q._exited = True
+            try:
+                q._stop(None, exiting=True)
+            except Exception:
+                log.exception('asyncjob: stopping a queue at exit failed')
+
+
+atexit.register(_stop_at_exit)

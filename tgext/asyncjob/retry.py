@@ -5,12 +5,16 @@ import dataclasses
 import random
 from typing import Any, Callable, TypeVar
 
+from . import checks
+from .errors import JobFailed
+
 F = TypeVar('F', bound=Callable[..., Any])
 
 
 @dataclasses.dataclass(frozen=True)
 class Retry:
     """Retry a failed job on ``on`` exception types, at most ``max_retries`` times.
+    :class:`~tgext.asyncjob.errors.JobFailed` is retried only if ``on`` names it.
 
     The n-th retry waits ``min(max_backoff, backoff * factor ** (n - 1))`` seconds,
     reduced by up to half at random when ``jitter`` is on ("equal jitter": retries of
@@ -30,17 +34,28 @@ class Retry:
         if not on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
             raise TypeError(f'Retry(on=...) takes exception types, got {self.on!r}')
         object.__setattr__(self, 'on', on)
-        if int(self.max_retries) < 0 or self.backoff < 0 or self.factor < 1 or self.max_backoff < 0:
-            raise ValueError('Retry needs max_retries >= 0, backoff >= 0, factor >= 1, '
-                             'max_backoff >= 0')
+        # Checked here, not when a job fails: a bad value then would escape the
+        # job's error handling in a worker thread.
+        checks.count('Retry max_retries', self.max_retries)
+        checks.seconds('Retry backoff', self.backoff)
+        checks.number('Retry factor', self.factor, minimum=1)
+        checks.seconds('Retry max_backoff', self.max_backoff)
+        if not isinstance(self.jitter, bool):
+            raise TypeError(f'Retry jitter must be True or False, got {self.jitter!r}')
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """True if ``error`` on attempt number ``attempt`` (1 = first run) is retried."""
+        if isinstance(error, JobFailed) and not any(issubclass(t, JobFailed) for t in self.on):
+            return False  # a failure meant for the user is final unless named
         return attempt <= self.max_retries and isinstance(error, self.on)
 
     def bounds(self, retry_number: int) -> tuple[float, float]:
         """The (shortest, longest) wait before retry number ``retry_number`` (1-based)."""
-        ceiling = min(self.max_backoff, self.backoff * self.factor ** (retry_number - 1))
+        try:
+            grown = self.backoff * self.factor ** (retry_number - 1)
+        except OverflowError:  # factor ** n beyond a float: the cap applies anyway
+            grown = self.max_backoff
+        ceiling = min(self.max_backoff, grown)
         return (ceiling / 2 if self.jitter else ceiling, ceiling)
 
     def delay(self, retry_number: int) -> float:

@@ -9,11 +9,11 @@ not at the first job or request.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import parse_qs, urlsplit
 
 from tg.support.converters import asbool
+
+from . import checks
 
 PREFIX = 'asyncjob.'
 
@@ -49,37 +49,22 @@ class Setting:
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, str):
-            value = value.strip()
-            if not value.lstrip('-').isdigit():
-                raise ValueError(f'expected a whole number, got {value!r}')
+        if isinstance(value, str) and value.strip().lstrip('-').isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f'expected a whole number, got {value!r}')
-        if value < minimum:
-            raise ValueError(f'must be at least {minimum}, got {value!r}')
-        return value
+        return checks.count('the value', value, minimum=minimum)
     return parse
 
 
-#: The longest number of seconds accepted (about 100 years): far below what
-#: ``threading`` timeouts overflow at, far above any real setting.
-MAX_SECONDS = 100 * 365.25 * 86400
-
-
 def seconds(value: Any) -> float:
-    """A finite number of seconds in [0, MAX_SECONDS] (``nan``, ``inf`` rejected)."""
+    """A finite number of seconds in [0, ``checks.MAX_SECONDS``]."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise ValueError(f'expected a number of seconds, got {value!r}') from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'expected a number of seconds, got {value!r}')
-    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
-        raise ValueError(f'expected a finite number of seconds between 0 and '
-                         f'{MAX_SECONDS:.0f}, got {value!r}')
-    return float(value)
+    checked = checks.seconds('the value', value)
+    assert checked is not None  # None passes only with none_ok
+    return checked
 
 
 def _boolean(value: Any) -> bool:
@@ -107,27 +92,15 @@ def _backend(value: Any) -> Any:
     return name
 
 
-def check_redis_url(url: str) -> str:
-    """``url`` if it is a Redis URL redis-py reads as written: ``ValueError`` for a db
-    that is not a number (redis-py silently uses db 0 for ``redis://host/abc``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ('redis', 'rediss', 'unix'):
-        raise ValueError(f'expected "memory" or a redis://, rediss:// or unix:// URL, '
-                         f'got {url!r}')
-    dbs = parse_qs(parts.query).get('db', [])
-    path_db = parts.path.strip('/') if parts.scheme != 'unix' else ''
-    for db in dbs + ([path_db] if path_db else []):
-        if not db.isdigit():
-            raise ValueError(f'the Redis database must be a number, got {db!r} in {url!r}')
-    return url
-
-
 def _tracker(value: Any) -> Any:
     # "memory", a Redis URL, or a tracker object (plug()/start_async_worker()).
     if not isinstance(value, str):
         return value
     value = value.strip()
-    return value if value == 'memory' else check_redis_url(value)
+    if value == 'memory':
+        return value
+    from .trackers.redisdb import check_redis_url  # redis is an optional dependency
+    return check_redis_url(value)
 
 
 def _text(value: Any) -> str | None:

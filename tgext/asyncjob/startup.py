@@ -45,8 +45,10 @@ def make_tracker(tracker: Any, backend: Any, backend_options: Mapping[str, Any])
 
 def check(q: JobQueue, conf: Mapping[str, Any] | None) -> None:
     """Log a warning for each problem of this deployment that can be seen now."""
-    for client in _redis_clients(q):
-        _ping(client)
+    problem = q.store.startup_check(PING_TIMEOUT)
+    if problem:
+        log.warning('tgext.asyncjob: %s: job records and progress cannot be stored until '
+                    'it does', problem)
     if _runs_jobs_here(q):
         uwsgi = sys.modules.get('uwsgi')  # only importable inside a uWSGI worker
         if uwsgi is not None:
@@ -102,33 +104,6 @@ def _address(client: redis.Redis) -> str:
     if 'path' in kwargs:
         return f'unix:{kwargs["path"]} db {kwargs.get("db", 0)}'
     return f'{kwargs.get("host", "localhost")}:{kwargs.get("port", 6379)}/{kwargs.get("db", 0)}'
-
-
-def _redis_clients(q: JobQueue) -> Iterator[redis.Redis]:
-    seen = set()
-    for client in (getattr(q.tracker, 'redis', None), getattr(q.backend, 'connection', None)):
-        if client is not None and _address(client) not in seen:
-            seen.add(_address(client))
-            yield client
-
-
-def _ping(client: redis.Redis) -> None:
-    """One short PING on a connection of its own (the client's may retry for seconds)."""
-    import redis as redis_module
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, 'socket_timeout': PING_TIMEOUT,
-              'socket_connect_timeout': PING_TIMEOUT, 'retry': None}
-    kwargs.pop('retry_on_error', None)
-    connection = pool.connection_class(**kwargs)
-    try:
-        connection.connect()
-        connection.send_command('PING')
-        connection.read_response()
-    except (redis_module.RedisError, OSError) as exc:
-        log.warning('tgext.asyncjob: Redis at %s does not answer (%s): job records and '
-                    'progress cannot be stored until it does', _address(client), exc)
-    finally:
-        connection.disconnect()
 
 
 def uwsgi_warning(opt: Mapping[Any, Any]) -> str | None:

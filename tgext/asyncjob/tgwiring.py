@@ -8,7 +8,6 @@ Settings are defined in :mod:`.settings`, the queue is found again by :mod:`.loc
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import sys
 import types
@@ -19,7 +18,7 @@ from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfig
 from . import database, locate, settings, startup
 from .errors import AlreadyStarted, AsyncJobError
 from .locate import current_queue
-from .queue import _QUEUES, JobQueue
+from .queue import JobQueue, stop_all
 
 __all__ = ['start_async_worker', 'current_queue', 'plugme', 'stop_all',
            'AsyncJobConfigurationComponent', 'SCRIPT_GLOBALS']
@@ -165,11 +164,3 @@ def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str
     return {'appid': 'tgext.asyncjob'}
 
 
-def stop_all(timeout: float | None = None) -> None:
-    """Stop every running queue of this process (also run at interpreter exit)."""
-    for q in list(_QUEUES):
-        if not q.stopped:
-            q.stop(timeout)
-
-
-atexit.register(stop_all)

@@ -1,25 +1,50 @@
-"""The tracker interface, its capability flags, and the adapter for 0.3-style trackers.
+"""The store interface every tracker is used through, its start-up check, and the
+adapter for 0.3-style trackers.
 
-The queue talks to every tracker through the *store* interface below. Trackers that
-keep whole job records say so with ``supports_status = True`` and implement it
-directly; any other object with the four 0.3 methods is wrapped in
-:class:`LegacyTrackerAdapter`, which maps the store calls onto those four.
+The queue talks to every tracker through :class:`JobStore`, the one small interface
+behind which all job records live (as Huey keeps all its storage behind one class).
+Trackers that keep whole job records subclass :class:`ProgressTracker` and implement
+it directly; any other object with the four 0.3 methods is wrapped in
+:class:`LegacyTrackerAdapter`. :func:`as_store` decides which, once, when the queue is
+built: a tracker that lacks a method fails there, not in a worker thread.
 
 A record is a plain dict with some of: ``state``, ``name``, ``enqueued_at``,
-``started_at``, ``finished_at``, ``attempt``, ``progress``, ``data``, ``result``,
-``error`` (a dict of ``type``, ``message``, ``traceback``) and ``detail``.
+``started_at``, ``finished_at``, ``attempt``, ``eta``, ``progress``, ``data``,
+``result``, ``error`` (a dict of ``type``, ``message``, ``traceback``) and ``detail``.
+
+Rules every store keeps (``tests/test_contract_trackers.py`` checks them all):
+
+* a finished record (``succeeded``, ``failed``, ``cancelled``) is final: ``update``,
+  ``set_progress`` and a second ``finish`` leave it as it is;
+* results and error texts are kept within a byte budget (:data:`RESULT_BUDGET` by
+  default): beyond it they are stored truncated, and the record's ``detail`` says so.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+import collections
+import sys
+import threading
+from typing import Any, Iterable, Protocol, runtime_checkable
 
 QUEUED_PROGRESS = (-1, None)
+FINISHED_STATES = frozenset({'succeeded', 'failed', 'cancelled'})
+
+# Bytes of a result, an error message or a traceback a tracker keeps (UTF-8 / JSON
+# encoded): 64 KiB, as for progress data. Records are read on every status poll.
+RESULT_BUDGET = 65536
 
 
 def check_progress_value(value: Any) -> None:
-    """Progress values are ints, as in 0.3; a float or a string is a caller bug."""
+    """Progress values are ints >= 0, as in 0.3; ``-1`` is how a queued job reads.
+
+    Raises ``TypeError`` for anything that is not an int (bools included) and
+    ``ValueError`` for a negative int, which would read back as "queued".
+    """
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f'progress value must be an int, got {type(value).__name__}: {value!r}')
+    if value < 0:
+        raise ValueError(f'progress value must not be negative (a negative value reads as '
+                         f'"queued"), got {value}')
 
 
 def progress_from_record(record: dict[str, Any] | None) -> tuple[int, Any] | None:
@@ -35,13 +60,126 @@ def progress_from_record(record: dict[str, Any] | None) -> tuple[int, Any] | Non
     return None
 
 
+# -- byte budgets --------------------------------------------------------------------
+
+def clip_text(text: str, budget: int) -> tuple[str, int | None]:
+    """``text`` cut to at most ``budget`` UTF-8 bytes plus a visible note, and the
+    size it had; ``(text, None)`` when it fits."""
+    raw = text.encode('utf-8', 'replace')
+    if len(raw) <= budget:
+        return text, None
+    kept = raw[:budget].decode('utf-8', 'ignore')  # never half a character
+    return f'{kept}… [truncated: {len(raw)} bytes, over the {budget}-byte budget]', len(raw)
+
+
+def clip_error(error: Any, budget: int) -> tuple[Any, list[str]]:
+    """An error record with its ``message`` and ``traceback`` within ``budget``, and
+    the names of the texts that were cut."""
+    if not isinstance(error, dict):
+        return error, []
+    clipped, cut = dict(error), []
+    for name in ('message', 'traceback'):
+        text = clipped.get(name)
+        if isinstance(text, str):
+            clipped[name], size = clip_text(text, budget)
+            if size is not None:
+                cut.append(f'error {name} truncated from {size} bytes')
+    return clipped, cut
+
+
+def note_truncation(fields: dict[str, Any], cut: list[str], budget: int) -> None:
+    """Say in ``fields['detail']`` which values were stored truncated, and why."""
+    if cut:
+        note = f'over the tracker\'s {budget}-byte budget: {", ".join(cut)}'
+        fields['detail'] = f'{fields["detail"]}; {note}' if fields.get('detail') else note
+
+
+def approx_size(obj: Any, limit: int) -> int:
+    """Roughly the bytes ``obj`` holds (``sys.getsizeof`` over its containers and
+    attributes), counted until past ``limit``: cost bounded by ``limit``, not ``obj``."""
+    total, seen, todo = 0, set(), [obj]
+    while todo and total <= limit:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        try:
+            total += sys.getsizeof(item)
+            if isinstance(item, dict):
+                todo.extend(item.keys())
+                todo.extend(item.values())
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                todo.extend(item)
+            elif not isinstance(item, (str, bytes, bytearray, int, float)):
+                attributes = getattr(item, '__dict__', None)
+                if isinstance(attributes, dict):
+                    todo.append(attributes)
+        except Exception:
+            total += 64  # a hostile object: count something, never fail the job's end
+    return total
+
+
+# -- the interface -------------------------------------------------------------------
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Where job records live: what the queue, the workers and the web pages call.
+
+    Writes never raise for a finished record: they leave it alone. Reads answer
+    ``None`` for unknown ids. Outages raise
+    :class:`~tgext.asyncjob.errors.TrackerUnavailable`.
+    """
+
+    #: keeps whole records, including finished jobs for a retention period
+    supports_status: bool
+    #: can list recent jobs (:meth:`recent`)
+    supports_listing: bool
+
+    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
+        """Start tracking a queued job (its first write)."""
+
+    def update(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Merge ``fields`` into a live record; a finished record is left alone."""
+
+    def finish(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Record the final state; a record already finished is left alone."""
+
+    def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        """Store a running job's progress; a finished record is left alone."""
+
+    def get_progress(self, entryid: str) -> tuple[int, Any] | None:
+        """The 0.3 answer: ``(-1, None)``, ``(value, data)`` or ``None``."""
+
+    def get_record(self, entryid: str) -> dict[str, Any] | None:
+        """The job's record (a copy), or ``None`` if unknown or expired."""
+
+    def remove(self, entryid: str) -> None:
+        """Forget a job entirely."""
+
+    def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """The most recently queued jobs, newest first (``supports_listing``)."""
+
+    def flush(self) -> None:
+        """Send writes still buffered (a no-op for stores that buffer nothing)."""
+
+    def startup_check(self, timeout: float = 1.0) -> str | None:
+        """``None`` if the storage answers now, else why not: one short try, never raises."""
+
+
+# Methods a ProgressTracker subclass must write itself (the others have defaults).
+_OWN_METHODS = ('track', 'remove', 'set_progress', 'update', 'finish', 'get_record')
+
+
 class ProgressTracker:
-    """Base class for trackers that keep job records.
+    """Base class for trackers that keep job records (see :class:`JobStore`).
 
     Capability flags, in the manner of django-tasks' backends:
 
     * ``supports_status``: keeps records, including finished jobs for ``retention`` s;
-    * ``supports_listing``: can list recent jobs (:meth:`recent`).
+    * ``supports_listing``: can list recent jobs (:meth:`recent`; required then).
+
+    A subclass must implement ``track``, ``remove``, ``set_progress``, ``update``,
+    ``finish`` and ``get_record``: :func:`as_store` refuses it at start-up otherwise.
     """
 
     supports_status = True
@@ -77,21 +215,37 @@ class ProgressTracker:
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """The most recently queued jobs, newest first (``supports_listing``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f'{type(self).__name__} cannot list jobs')
+
+    def flush(self) -> None:
+        """Nothing is buffered by default."""
+
+    def startup_check(self, timeout: float = 1.0) -> str | None:
+        """Nothing to reach by default."""
+        return None
 
 
 class LegacyTrackerAdapter:
     """Presents a four-method 0.3 tracker through the store interface.
 
     It cannot tell a finished job from an unknown one, so ``get_record`` says
-    ``unknown`` for both; it keeps no results, errors or timestamps.
+    ``unknown`` for both; it keeps no results, errors or timestamps. It remembers the
+    last ``remember`` finished ids so that progress set after the end (a job thread
+    that outlived its record) does not bring the job back as running.
     """
 
     supports_status = False
     supports_listing = False
 
-    def __init__(self, tracker: Any):
+    def __init__(self, tracker: Any, remember: int = 10000):
         self.tracker = tracker
+        self._remember = remember
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _is_finished(self, entryid: str) -> bool:
+        with self._lock:
+            return entryid in self._finished
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
         self.tracker.track(entryid)
@@ -100,7 +254,8 @@ class LegacyTrackerAdapter:
         self.tracker.remove(entryid)
 
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
-        self.tracker.set_progress(entryid, value, message)
+        if not self._is_finished(entryid):
+            self.tracker.set_progress(entryid, value, message)
 
     def get_progress(self, entryid: str) -> tuple[int, Any] | None:
         return self.tracker.get_progress(entryid)
@@ -110,6 +265,10 @@ class LegacyTrackerAdapter:
         first ``set_progress``."""
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
+        with self._lock:
+            self._finished[entryid] = None
+            while len(self._finished) > self._remember:
+                self._finished.popitem(last=False)
         self.tracker.remove(entryid)
 
     def get_record(self, entryid: str) -> dict[str, Any] | None:
@@ -122,18 +281,51 @@ class LegacyTrackerAdapter:
                     'detail': 'queued, or running without progress yet (0.3 tracker)'}
         return {'state': 'running', 'progress': progress[0], 'data': progress[1]}
 
-    def recent(self, limit: int = 50) -> Iterable[tuple[str, dict[str, Any]]]:
+    def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         raise NotImplementedError(f'{type(self.tracker).__name__} cannot list jobs')
+
+    def flush(self) -> None:
+        flush = getattr(self.tracker, 'flush', None)
+        if callable(flush):
+            flush()
+
+    def startup_check(self, timeout: float = 1.0) -> str | None:
+        return None
 
 
 REQUIRED_METHODS = ('track', 'remove', 'set_progress', 'get_progress')
 
 
-def as_store(tracker: Any) -> Any:
-    """The store interface for ``tracker``: itself if it keeps records, else adapted."""
+def _not_overridden(tracker: ProgressTracker, names: Iterable[str]) -> list[str]:
+    cls = type(tracker)
+    return [name for name in names if getattr(cls, name, None) is getattr(ProgressTracker, name)]
+
+
+def as_store(tracker: Any) -> JobStore:
+    """The store interface for ``tracker``: itself if it keeps records, else adapted.
+
+    Called when the queue is built. Raises ``TypeError`` naming what is missing: a
+    method of the four 0.3 ones, or, for a :class:`ProgressTracker` subclass (which
+    promises whole records), a method of the store interface it did not write.
+    """
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(tracker, m, None))]
     if missing:
         raise TypeError(f'progress tracker {tracker!r} lacks method(s): {", ".join(missing)}')
-    if getattr(tracker, 'supports_status', False):
+    if isinstance(tracker, ProgressTracker) and tracker.supports_status:
+        names = _OWN_METHODS + (('recent',) if tracker.supports_listing else ())
+        missing = _not_overridden(tracker, names)
+        if missing:
+            raise TypeError(
+                f'{type(tracker).__name__} subclasses ProgressTracker with supports_status = '
+                f'True but does not implement {", ".join(missing)} (see '
+                'tgext.asyncjob.trackers.base.JobStore); implement them, or set '
+                'supports_status = False to be used as a four-method 0.3 tracker')
         return tracker
+    if getattr(tracker, 'supports_status', False) and not isinstance(tracker, ProgressTracker):
+        # A record-keeping tracker written without the base class: check it all.
+        missing = [m for m in _OWN_METHODS if not callable(getattr(tracker, m, None))]
+        if missing:
+            raise TypeError(f'progress tracker {tracker!r} says supports_status but lacks '
+                            f'method(s): {", ".join(missing)}')
+        return tracker  # type: ignore[no-any-return]
     return LegacyTrackerAdapter(tracker)

@@ -2,46 +2,83 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from typing import Any
 
 from ..forking import reset_in_child
-from .base import ProgressTracker, check_progress_value
+from .base import (FINISHED_STATES, RESULT_BUDGET, ProgressTracker, approx_size,
+                   check_progress_value, clip_error, clip_text, note_truncation)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a result whose repr raises must not fail the job's end
+        return f'<{type(value).__name__} object whose repr() failed>'
 
 
 class MemoryProgressTracker(ProgressTracker):
-    """Job records in a dict. Finished jobs are kept ``retention`` seconds, and at most
-    ``max_finished`` of them, so memory stays bounded however many jobs run."""
+    """Job records in a dict, bounded three ways: finished jobs are kept ``retention``
+    seconds, at most ``max_finished`` of them, and at most about ``max_bytes`` bytes
+    of them (results, errors, progress data; oldest dropped first). A result larger
+    than ``max_result_bytes`` is kept as its truncated ``repr()``, an error message or
+    traceback is truncated to it too, and the record's ``detail`` says so.
+
+    Every access holds one lock, so listing never races a write.
+    After ``fork()``, the child keeps the parent's finished records but shows its
+    queued and running jobs as ``unknown``: only the parent runs them.
+    """
 
     supports_listing = True
 
-    def __init__(self, retention: float = 3600, max_finished: int = 10000):
+    def __init__(self, retention: float = 3600, max_finished: int = 10000, *,
+                 max_bytes: int = 64 * 1024 * 1024, max_result_bytes: int = RESULT_BUDGET):
         self.retention = float(retention)
         self.max_finished = int(max_finished)
+        self.max_bytes = int(max_bytes)
+        self.max_result_bytes = int(max_result_bytes)
         self._live: dict[str, dict[str, Any]] = {}
+        # finished records in finishing order, each with '_expires' and '_bytes'
         self._finished: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._finished_bytes = 0
         self._lock = threading.Lock()
-        # A lock held by another thread at fork() would stay held forever in the child.
-        reset_in_child(self, '_reset_lock')
+        reset_in_child(self, '_after_fork')
 
-    def _reset_lock(self) -> None:
+    def _after_fork(self) -> None:
+        # A lock held by another thread at fork() would stay held forever in the child.
         self._lock = threading.Lock()
+        # The parent's queued and running jobs run in the parent only; the child would
+        # otherwise show them "queued" forever. Keep them, as unknown, for a retention.
+        parent, now = os.getppid(), time.time()
+        for entryid, record in self._live.items():
+            record.update(state='unknown', detail=(
+                f'queued in process {parent} before this process forked from it: only '
+                'that process runs it and knows how it ends'))
+            self._keep_finished(entryid, record, now)
+        self._live = {}
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
         """Start tracking a queued job. ``record`` is kept as is, not copied."""
-        self._live[entryid] = record if record is not None else {'state': 'queued'}
+        record = record if record is not None else {'state': 'queued'}
+        with self._lock:
+            self._live[entryid] = record
 
     def remove(self, entryid: str) -> None:
         """Forget a job, live or finished."""
         with self._lock:
             self._live.pop(entryid, None)
-            self._finished.pop(entryid, None)
+            record = self._finished.pop(entryid, None)
+            if record is not None:
+                self._finished_bytes -= record['_bytes']
 
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
-        """Store progress; any Python object can be the data."""
+        """Store progress; any Python object can be the data. Ignored once finished."""
         check_progress_value(value)
         with self._lock:
+            if entryid in self._finished:
+                return  # finished is final
             record = self._live.get(entryid)
             if record is None:
                 # A 0.3 caller may set progress for an id it tracks by hand.
@@ -50,25 +87,66 @@ class MemoryProgressTracker(ProgressTracker):
             record['data'] = message
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
-        """Merge fields into a live record."""
+        """Merge fields into a live record. Ignored once finished."""
         with self._lock:
-            self._live.setdefault(entryid, {}).update(fields)
+            if entryid not in self._finished:
+                self._live.setdefault(entryid, {}).update(fields)
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
-        """Move a job to the finished records and prune old ones."""
+        """Move a job to the finished records, within its byte budget, and prune old
+        ones. A job already finished keeps its first final state."""
+        cut: list[str] = []
+        fields = dict(fields)
+        if 'result' in fields:
+            fields['result'] = self._clip(fields['result'], 'result', cut)
+        if 'error' in fields:
+            fields['error'], error_cut = clip_error(fields['error'], self.max_result_bytes)
+            cut += error_cut
         now = time.time()
         with self._lock:
+            if entryid in self._finished:
+                return
             record = self._live.pop(entryid, None) or {}
+            if 'data' in record:
+                record['data'] = self._clip(record['data'], 'progress data', cut)
             record.update(fields)
-            record['_expires'] = now + self.retention
-            self._finished[entryid] = record
-            self._prune(now)
+            note_truncation(record, cut, self.max_result_bytes)
+            self._keep_finished(entryid, record, now)
+
+    def _clip(self, value: Any, what: str, cut: list[str]) -> Any:
+        """``value``, or its (truncated) repr() if it holds more than the budget."""
+        budget = self.max_result_bytes
+        if value is None or approx_size(value, budget) <= budget:
+            return value
+        text, size = clip_text(_safe_repr(value), budget)
+        cut.append(f'{what} kept as its repr()' + (f', truncated from {size} bytes' if size else ''))
+        return text
+
+    def _keep_finished(self, entryid: str, record: dict[str, Any], now: float) -> None:
+        # Called with the lock held (or in a fresh child). Each part is within its
+        # budget by now, so sizing is cheap.
+        size = sum(approx_size(record.get(name), self.max_bytes)
+                   for name in ('result', 'error', 'data', 'detail'))
+        record['_expires'] = now + self.retention
+        record['_bytes'] = size
+        self._finished[entryid] = record
+        self._finished_bytes += size
+        self._prune(now)
 
     def _prune(self, now: float) -> None:
         finished = self._finished
-        while finished and (len(finished) > self.max_finished
-                            or next(iter(finished.values()))['_expires'] <= now):
+        while finished:
+            oldest = next(iter(finished.values()))
+            # The newest record is kept whatever its size, for whoever waits on it.
+            if (len(finished) <= self.max_finished and oldest['_expires'] > now
+                    and (self._finished_bytes <= self.max_bytes or len(finished) == 1)):
+                break
             finished.popitem(last=False)
+            self._finished_bytes -= oldest['_bytes']
+
+    @staticmethod
+    def _public(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k not in ('_expires', '_bytes')}
 
     def get_record(self, entryid: str) -> dict[str, Any] | None:
         """A copy of the job's record, or ``None``."""
@@ -78,23 +156,26 @@ class MemoryProgressTracker(ProgressTracker):
                 record = self._finished.get(entryid)
                 if record is None or record['_expires'] <= time.time():
                     return None
-            return {k: v for k, v in record.items() if k != '_expires'}
+            return self._public(record)
 
     def get_progress(self, entryid: str) -> tuple[int, Any] | None:
         """``(-1, None)`` queued, ``(value, data)`` running, ``None`` otherwise."""
-        record = self._live.get(entryid)
-        if record is None:
-            return None
-        if record.get('state', 'queued') == 'queued':
-            return (-1, None)
-        return (record.get('progress') or 0, record.get('data'))
+        with self._lock:
+            record = self._live.get(entryid)
+            if record is None:
+                return None
+            state = record.get('state', 'queued')
+            if state == 'queued':
+                return (-1, None)
+            if state in FINISHED_STATES:
+                return None
+            return (record.get('progress') or 0, record.get('data'))
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """Newest first, live and finished jobs together."""
         with self._lock:
             self._prune(time.time())
-            items = [(k, dict(v)) for k, v in list(self._live.items()) + list(self._finished.items())]
+            items = [(k, self._public(v))
+                     for k, v in list(self._live.items()) + list(self._finished.items())]
         items.sort(key=lambda item: item[1].get('enqueued_at') or 0, reverse=True)
-        for _, record in items:
-            record.pop('_expires', None)
         return items[:limit]

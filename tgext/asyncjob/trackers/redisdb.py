@@ -3,21 +3,25 @@
 Each job is one hash, ``<prefix>job:<id>``, refreshed to expire on every write; a
 sorted set ``<prefix>recent`` indexes jobs by enqueue time for listing. Every call is
 one round trip (commands are pipelined). Ids that are not ours are never looked up,
-so an id taken from a URL cannot read any other key.
+so an id taken from a URL cannot read any other key. Writes after a job's first go
+through a small Lua script that leaves a finished record alone, so no write from
+any process, however late, brings a finished job back to life.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, Mapping, cast
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import TrackerUnavailable
-from .base import ProgressTracker, check_progress_value, progress_from_record
+from .base import (RESULT_BUDGET, ProgressTracker, check_progress_value, clip_error,
+                   clip_text, note_truncation, progress_from_record)
 from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
@@ -25,6 +29,43 @@ if TYPE_CHECKING:
 
 _JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
 _JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
+
+# HSET + EXPIRE unless the record is finished. KEYS[1]: the job's hash; ARGV[1]: the
+# ttl; then field, value pairs. Returns 1 if written.
+_WRITE_UNLESS_FINISHED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# One write: adds its commands to a pipeline.
+Write = Callable[[Any], Any]
+
+
+def check_redis_url(url: str) -> str:
+    """Return ``url`` if redis-py reads it as written, else raise ``ValueError``.
+
+    redis-py silently uses db 0 for a database that is not a number
+    (``redis://host:6379/abc``); that would mix applications' records.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f'a Redis URL must be a string, got {type(url).__name__}: {url!r}')
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f'not a valid Redis URL {url!r}: {exc}') from None
+    if parts.scheme not in ('redis', 'rediss', 'unix'):
+        raise ValueError(f'a Redis URL starts with redis://, rediss:// or unix://, got {url!r}')
+    dbs = urllib.parse.parse_qs(parts.query).get('db', [])
+    path_db = '' if parts.scheme == 'unix' else parts.path.strip('/')
+    for db in ([path_db] if path_db else []) + dbs:
+        if not db.isdigit():
+            raise ValueError(f'the database in Redis URL {url!r} must be a number '
+                             f'(redis://host:6379/0), got {db!r}')
+    return url
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -40,19 +81,23 @@ class RedisProgressTracker(ProgressTracker):
     Connect with ``host``/``port``/``db`` (0.3's arguments), a ``url``, or an existing
     ``client``. ``timeout`` is how long a queued or running job's key lives without a
     write; ``retention`` how long a finished job is kept. Progress data is JSON, at most
-    ``max_data_bytes`` once encoded.
+    ``max_data_bytes`` once encoded (more raises ``ValueError``); a result, an error
+    message or a traceback beyond ``max_result_bytes`` is stored truncated, with a
+    note in the record's ``detail``.
 
-    ``retry`` is redis-py's retry policy for the client made here: by default one
-    immediate retry, enough to replace a connection that a Redis restart closed, so an
-    outage costs each call about one connection attempt (redis-py's own default, ten
-    retries with backoff, would hold every job step for seconds). ``socket_timeout``
-    bounds each attempt against an unresponsive host.
+    ``socket_timeout`` bounds each attempt against a host that does not answer (a hung
+    Redis). ``retry`` is redis-py's retry policy for the client made here: by default
+    one immediate retry after a *connection* error, enough to replace a connection a
+    Redis restart closed, and none after a timeout, so a hung Redis costs each call one
+    attempt of at most ``socket_timeout`` (redis-py's own default, retries with backoff,
+    would hold every job step for seconds).
 
     ``write_behind`` (seconds, default 0.002; ``None`` to turn off): a job's start and
     end are written by a background thread in batches, so that with a backlog many jobs
-    share one round trip. The caller's writes (enqueue, progress) stay synchronous; a
-    job's end is still written only after its commit, so ``None`` from
-    ``get_progress`` still means its writes are visible. :meth:`flush` sends what waits.
+    share one round trip. Enqueue and progress stay synchronous and are sent after what
+    waits in the buffer, so one job's writes reach Redis in order; a job's end is still
+    written only after its commit, so ``None`` from ``get_progress`` still means its
+    writes are visible. :meth:`flush` sends what waits.
     """
 
     supports_listing = True
@@ -61,19 +106,22 @@ class RedisProgressTracker(ProgressTracker):
                  timeout: int = 3600, *, url: str | None = None,
                  client: redis.Redis | None = None, retention: int | None = None,
                  prefix: str = 'asyncjob:', max_data_bytes: int = 65536,
+                 max_result_bytes: int = RESULT_BUDGET,
                  socket_timeout: float = 5.0, retry: Retry | None = None,
                  write_behind: float | None = 0.002):
         if client is None:
             options: dict[str, Any] = dict(
                 socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                retry=retry if retry is not None else Retry(NoBackoff(), 1))
-            client = (redis.Redis.from_url(url, **options) if url
+                retry=retry if retry is not None else Retry(
+                    NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+            client = (redis.Redis.from_url(check_redis_url(url), **options) if url
                       else redis.Redis(host=host, port=port, db=db, **options))
         self.redis = client
         self.timeout = int(timeout)
         self.retention = int(retention if retention is not None else timeout)
         self.prefix = prefix
         self.max_data_bytes = int(max_data_bytes)
+        self.max_result_bytes = int(max_result_bytes)
         self._recent = f'{prefix}recent'
         self._behind = WriteBehind(self._send_batch, write_behind) if write_behind else None
         self._down = False
@@ -83,26 +131,39 @@ class RedisProgressTracker(ProgressTracker):
             return None
         return f'{self.prefix}job:{entryid}'
 
-    def _write(self, key: str, mapping: dict[str, str], ttl: int, *extra: Any) -> None:
-        self._send_batch([(key, mapping, ttl, extra)])
+    def _require_key(self, entryid: str) -> str:
+        key = self._key(entryid)
+        if key is None:
+            raise ValueError(f'not a tgext.asyncjob job id: {entryid!r}')
+        return key
 
-    def _write_later(self, key: str, mapping: dict[str, str], ttl: int, *extra: Any) -> None:
+    # -- sending -------------------------------------------------------------------
+
+    def _send_batch(self, batch: list[Write]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for write in batch:
+            write(pipe)
+        self._execute(pipe)
+
+    def _send_in_order(self, write: Write) -> None:
+        """Send ``write`` now, after every write still buffered."""
+        if self._behind is None:
+            self._send_batch([write])
+        else:
+            self._behind.send(write)
+
+    def _send_later(self, write: Write) -> None:
         if self._behind is None or self._down:
             # In an outage, write now: the caller hears of it, and hears when it ends.
-            self._write(key, mapping, ttl, *extra)
+            self._send_in_order(write)
         else:
-            self._behind.add((key, mapping, ttl, extra))
+            self._behind.add(write)
 
-    def _send_batch(self, batch: list[tuple[str, dict[str, str], int, tuple[Any, ...]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for key, mapping, ttl, extra in batch:
-            # redis-py types the mapping with an invariant key, which no dict[str, str]
-            # matches; str keys and values are what it accepts.
-            pipe.hset(key, mapping=cast('Mapping[FieldT, EncodableT]', mapping))
-            pipe.expire(key, ttl)
-            for command in extra:
-                command(pipe)
-        self._execute(pipe)
+    def _guarded(self, key: str, mapping: dict[str, str], ttl: int) -> Write:
+        args: list[str | int] = [ttl]
+        for name, value in mapping.items():
+            args += [name, value]
+        return lambda pipe: pipe.eval(_WRITE_UNLESS_FINISHED, 1, key, *args)
 
     def flush(self) -> None:
         """Send the start and end writes still waiting in the write-behind buffer."""
@@ -118,33 +179,50 @@ class RedisProgressTracker(ProgressTracker):
         self._down = False
         return result
 
-    @staticmethod
-    def _encode(fields: dict[str, Any]) -> dict[str, str]:
-        return {k: (_dumps(v, k) if k in _JSON_FIELDS else repr(v) if isinstance(v, float) else str(v))
-                for k, v in fields.items() if v is not None}
+    def startup_check(self, timeout: float = 1.0) -> str | None:
+        """One PING within ``timeout`` s on a separate connection: ``None`` if Redis
+        answered, else why not. Never raises (for a warning at start-up)."""
+        try:
+            pool = self.redis.connection_pool
+            kwargs = dict(pool.connection_kwargs, socket_timeout=timeout,
+                          socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+            where = kwargs.get('path') or f'{kwargs.get("host")}:{kwargs.get("port")}'
+            probe_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        except Exception as exc:
+            return f'cannot make a Redis connection to check it: {exc!r}'
+        try:
+            redis.Redis(connection_pool=probe_pool).ping()
+            return None
+        except Exception as exc:
+            return f'Redis at {where} (db {kwargs.get("db", 0)}) did not answer PING: {exc}'
+        finally:
+            probe_pool.disconnect()
 
-    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
-        """Store a queued job's record and index it by enqueue time."""
-        key = self._require_key(entryid)
-        record = record or {'state': 'queued'}
-        score = record.get('enqueued_at') or time.time()
-        self._write(key, self._encode(record), self.timeout,
-                    lambda pipe: pipe.zadd(self._recent, {entryid: score}))
+    # -- encoding ------------------------------------------------------------------
 
-    def _require_key(self, entryid: str) -> str:
-        key = self._key(entryid)
-        if key is None:
-            raise ValueError(f'not a tgext.asyncjob job id: {entryid!r}')
-        return key
-
-    def remove(self, entryid: str) -> None:
-        """Forget a job."""
-        key = self._key(entryid)
-        if key is not None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(key)
-            pipe.zrem(self._recent, entryid)
-            self._execute(pipe)
+    def _encode(self, fields: dict[str, Any]) -> dict[str, str]:
+        """Fields as Redis strings, results and error texts within their budget."""
+        budget = self.max_result_bytes
+        cut: list[str] = []
+        out: dict[str, str] = {}
+        fields = dict(fields)
+        if fields.get('error') is not None:
+            fields['error'], cut = clip_error(fields['error'], budget)
+        if fields.get('result') is not None:
+            encoded = _dumps(fields['result'], 'the result')
+            text, size = clip_text(encoded, budget)
+            if size is not None:
+                out['result'] = _dumps(text, 'the result')
+                cut.append(f'result truncated from {size} bytes of JSON')
+            else:
+                out['result'] = encoded
+        note_truncation(fields, cut, budget)
+        for k, v in fields.items():
+            if v is None or k in out:
+                continue
+            out[k] = (_dumps(v, k) if k in _JSON_FIELDS else repr(v) if isinstance(v, float)
+                      else str(v))
+        return out
 
     def check_data(self, value: int, message: Any) -> str:
         """Encode progress, raising ``TypeError``/``ValueError`` for what Redis cannot hold."""
@@ -155,22 +233,60 @@ class RedisProgressTracker(ProgressTracker):
                              f'JSON; RedisProgressTracker accepts at most {self.max_data_bytes}')
         return encoded
 
+    # -- the store interface -------------------------------------------------------
+
+    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
+        """Store a queued job's record and index it by enqueue time.
+
+        The job's first write: sent at once, apart from the buffer (nothing of this job
+        can be in it), so an enqueue costs one attempt even while Redis hangs."""
+        key = self._require_key(entryid)
+        record = record or {'state': 'queued'}
+        score = record.get('enqueued_at') or time.time()
+        mapping, ttl, recent = self._encode(record), self.timeout, self._recent
+
+        def write(pipe: Any) -> None:
+            # redis-py types the mapping with an invariant key, which no dict[str, str]
+            # matches; str keys and values are what it accepts.
+            pipe.hset(key, mapping=cast('Mapping[FieldT, EncodableT]', mapping))
+            pipe.expire(key, ttl)
+            pipe.zadd(recent, {entryid: score})
+        self._send_batch([write])
+
+    def remove(self, entryid: str) -> None:
+        """Forget a job (after its writes still buffered)."""
+        key = self._key(entryid)
+        if key is not None:
+            recent = self._recent
+
+            def write(pipe: Any) -> None:
+                pipe.delete(key)
+                pipe.zrem(recent, entryid)
+            self._send_in_order(write)
+
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
-        """Store progress (one round trip); the key's expiry is refreshed."""
+        """Store progress (one round trip, after the job's buffered writes); the key's
+        expiry is refreshed. Ignored once the job is finished."""
         encoded = self.check_data(value, message)
         key = self._require_key(entryid)
-        self._write(key, {'state': 'running', 'progress': str(value), 'data': encoded},
-                    self.timeout)
+        self._send_in_order(self._guarded(
+            key, {'state': 'running', 'progress': str(value), 'data': encoded}, self.timeout))
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
-        """Merge fields into a live job's record."""
-        self._write_later(self._require_key(entryid), self._encode(fields), self.timeout)
+        """Merge fields into a live job's record. Ignored once the job is finished."""
+        self._send_later(self._guarded(self._require_key(entryid), self._encode(fields),
+                                       self.timeout))
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
-        """Store the final state for ``retention`` seconds; drop index entries past it."""
-        cutoff = time.time() - self.retention
-        self._write_later(self._require_key(entryid), self._encode(fields), self.retention,
-                          lambda pipe: pipe.zremrangebyscore(self._recent, '-inf', cutoff))
+        """Store the final state for ``retention`` seconds, unless the job already has
+        one; drop index entries past the retention."""
+        write = self._guarded(self._require_key(entryid), self._encode(fields), self.retention)
+        recent, cutoff = self._recent, time.time() - self.retention
+
+        def finish_write(pipe: Any) -> None:
+            write(pipe)
+            pipe.zremrangebyscore(recent, '-inf', cutoff)
+        self._send_later(finish_write)
 
     def get_record(self, entryid: str) -> dict[str, Any] | None:
         """The job's record, or ``None`` if unknown, expired, or not one of our ids."""
@@ -189,7 +305,7 @@ class RedisProgressTracker(ProgressTracker):
                 record[name] = json.loads(text)
             elif name in ('progress', 'attempt'):
                 record[name] = int(text)
-            elif name.endswith('_at'):
+            elif name.endswith('_at') or name == 'eta':
                 record[name] = float(text)
             else:
                 record[name] = text
