@@ -1,8 +1,6 @@
 """tgext.asyncjob inside real TurboGears 2.5 applications (WebTest, SQLite and PostgreSQL)."""
 
-import json
 import logging
-import os
 
 import pytest
 import sqlalchemy
