@@ -421,11 +421,14 @@ def test_a_big_enough_pool_is_not_warned(make_app, postgres_db_url, caplog):
     assert not [r for r in caplog.records if 'pool' in r.getMessage()]
 
 
-def test_uwsgi_without_threads_is_detected_from_its_options():
+def test_uwsgi_options_without_threads_or_fork_handlers_are_detected():
     from tgext.asyncjob.startup import uwsgi_warning
-    assert 'enable-threads' in uwsgi_warning({b'master': True, b'processes': b'4'})
-    assert uwsgi_warning({b'enable-threads': True}) is None
-    assert uwsgi_warning({'threads': b'4'}) is None
+    assert 'enable-threads' in uwsgi_warning({b'lazy-apps': True, b'processes': b'4'})
+    assert 'lazy-apps' in uwsgi_warning({b'master': True, b'enable-threads': True})
+    assert uwsgi_warning({b'enable-threads': True}) is None  # one process, no master
+    assert uwsgi_warning({'threads': b'4', 'master': True, 'lazy-apps': True}) is None
+    assert uwsgi_warning({b'enable-threads': True, b'processes': b'2',
+                          b'py-call-osafterfork': True}) is None
 
 
 # -- fork: the child never uses the parent's connections (issue 10 case 4) ---------------

@@ -108,12 +108,22 @@ def _address(client: redis.Redis) -> str:
 
 def uwsgi_warning(opt: Mapping[Any, Any]) -> str | None:
     """What is wrong with these uWSGI options (``uwsgi.opt``) for worker threads."""
-    keys = {k.decode() if isinstance(k, bytes) else str(k) for k in opt}
-    if not keys & {'enable-threads', 'threads'}:
-        return ('uWSGI runs without enable-threads: the job worker threads will never '
-                'run. Add "enable-threads = true" (or "threads = N") to the uWSGI '
-                'configuration')
-    return None
+    options = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in opt.items()}
+    problems = []
+    if not options.keys() & {'enable-threads', 'threads'}:
+        problems.append('uWSGI runs without enable-threads: the job worker threads never '
+                        'run. Add "enable-threads = true" (or "threads = N")')
+    processes = options.get('processes', options.get('workers', b'1'))
+    forks = 'master' in options or int(processes.decode() if isinstance(processes, bytes)
+                                       else processes) > 1
+    if forks and not options.keys() & {'lazy-apps', 'lazy', 'py-call-osafterfork'}:
+        # uWSGI's fork() skips Python's fork handlers: a worker inherits the master's
+        # queue with none of its threads, and the master's database connections.
+        problems.append('uWSGI forks its workers from a master that loaded the '
+                        'application, without running Python\'s fork handlers: jobs queued '
+                        'in the workers never run. Add "lazy-apps = true" (or '
+                        '"py-call-osafterfork = true")')
+    return '; '.join(problems) or None
 
 
 def request_threads() -> int | None:
