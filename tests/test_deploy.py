@@ -84,3 +84,12 @@ def test_uwsgi_with_threads_runs_jobs_and_says_nothing(uwsgi, option):
     rows = wait_for(row_written, timeout=30, message=lambda: log.read_text())
     assert [r['name'] for r in rows] == ['from uwsgi']
     assert 'ERROR' not in log.read_text()
+
+
+def test_jobs_run_under_gevent_monkey_patching(sqlite_db_url):
+    result = subprocess.run([sys.executable, os.path.join(TESTS, 'gevent_jobs.py'),
+                             sqlite_db_url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {'states': ['succeeded'] * 5, 'rows': [f'row {i}' for i in range(5)],
+                      'sessions': 5}
