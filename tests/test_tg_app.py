@@ -390,12 +390,12 @@ def test_one_start_up_line_names_backend_workers_and_tracker(make_app, sqlite_db
     assert 'tracker redis at 127.0.0.1:6379' in lines[0]
 
 
-def test_the_rq_backend_gets_a_redis_tracker_from_the_configuration(make_app, sqlite_db_url,
-                                                                    redis_url, caplog):
+def test_the_rq_backend_keeps_its_records_in_redis_and_says_so_at_start(
+        make_app, sqlite_db_url, redis_url, caplog):
     with caplog.at_level(logging.INFO, logger='tgext.asyncjob'):
         app = make_app(sqlite_db_url, extra_config={'asyncjob.backend': 'rq',
                                                     'asyncjob.backend.redis_url': redis_url})
-    assert isinstance(queue_of(app).tracker, RedisProgressTracker)
+    assert isinstance(queue_of(app).store, RedisProgressTracker)
     line, = [r.getMessage() for r in caplog.records if 'started' in r.getMessage()]
     assert 'backend rq' in line and 'worker thread' not in line
 

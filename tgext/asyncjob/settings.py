@@ -82,12 +82,16 @@ def _access(value: Any) -> Any:
     return _boolean(value)
 
 
+#: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
+BACKENDS = ('threads', 'rq', 'sqlalchemy')
+
+
 def _backend(value: Any) -> Any:
     if callable(value):
         return value
     name = str(value).strip()
-    if name not in ('threads', 'rq'):
-        raise ValueError(f'expected "threads", "rq" or a factory taking the JobQueue, '
+    if name not in BACKENDS:
+        raise ValueError(f'expected {", ".join(map(repr, BACKENDS))} or a backend factory, '
                          f'got {value!r}')
     return name
 
@@ -132,8 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
     Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
     Setting('tracker', _tracker, None,
-            '``memory`` or a ``redis://`` URL; unset: memory (Redis with rq)'),
-    Setting('backend', _backend, 'threads', '``threads`` or ``rq`` (see `Scaling out`_)'),
+            '``memory`` or a ``redis://`` URL; unset: memory (rq: Redis)'),
+    Setting('backend', _backend, 'threads',
+            '``threads``, ``rq`` or ``sqlalchemy`` (see `Scaling out`_)'),
     Setting('mount', _mount, 'asyncjob', 'controller name on the root; false: not mounted',
             APP),
     Setting('show_tracebacks', _access, None,

@@ -21,31 +21,24 @@ log = logging.getLogger('tgext.asyncjob')
 PING_TIMEOUT = 1.0
 
 
-def make_tracker(tracker: Any, backend: Any, backend_options: Mapping[str, Any]) -> Any:
+def make_tracker(tracker: Any) -> Any:
     """The tracker object for the ``asyncjob.tracker`` value (``None``, ``memory``, a
-    Redis URL, or a tracker object). With the rq backend, the memory tracker (which
-    worker processes cannot see) becomes a Redis tracker on the backend's Redis."""
-    from .trackers.memory import MemoryProgressTracker
-    from .trackers.redisdb import RedisProgressTracker
+    Redis URL, or a tracker object). A backend that needs records every process sees
+    (rq) replaces a memory tracker itself (``Backend.own_store``)."""
     if tracker is None or tracker == 'memory':
-        tracker = MemoryProgressTracker()
-    elif isinstance(tracker, str):
+        from .trackers.memory import MemoryProgressTracker
+        return MemoryProgressTracker()
+    if isinstance(tracker, str):
+        from .trackers.redisdb import RedisProgressTracker
         return RedisProgressTracker(url=tracker)
-    if backend == 'rq' and isinstance(tracker, MemoryProgressTracker):
-        connection = backend_options.get('connection')
-        if connection is not None:
-            return RedisProgressTracker(client=connection)
-        from .backends.rq import DEFAULT_REDIS_URL
-        url = backend_options.get('redis_url') or DEFAULT_REDIS_URL
-        log.info('tgext.asyncjob: with the rq backend job records go to Redis (%s): the '
-                 'memory tracker cannot be seen by worker processes', _safe_url(url))
-        return RedisProgressTracker(url=url)
     return tracker
 
 
 def check(q: JobQueue, conf: Mapping[str, Any] | None) -> None:
     """Log a warning for each problem of this deployment that can be seen now."""
-    problem = q.store.startup_check(PING_TIMEOUT)
+    # A backend's own store (sqlalchemy: the app's database) may have no such check.
+    startup_check = getattr(q.store, 'startup_check', None)
+    problem = startup_check(PING_TIMEOUT) if startup_check is not None else None
     if problem:
         log.warning('tgext.asyncjob: %s: job records and progress cannot be stored until '
                     'it does', problem)
@@ -64,21 +57,17 @@ def check(q: JobQueue, conf: Mapping[str, Any] | None) -> None:
 def describe(q: JobQueue) -> str:
     """One line: the backend, the worker count and the tracker."""
     backend = q.backend
-    name = type(backend).__name__
-    if name == 'WorkerPool':
-        where = f'backend threads, {q.workers} worker thread(s) in this process'
-    elif hasattr(backend, 'queue_name'):
-        where = (f'backend rq, queue {backend.queue_name!r} on '
-                 f'{_safe_url(getattr(backend, "redis_url", ""))}, jobs run by rq worker '
-                 'processes (gearbox rqworker)')
+    if not backend.spans_processes:
+        where = f'threads, {q.workers} worker thread(s) in this process'
     else:
-        where = f'backend {name}'
+        where = getattr(backend, 'description', None) or type(backend).__name__
     mode = ', immediate mode' if q.immediate else ''
-    return f'{where}{mode}, tracker {_tracker_name(q.tracker)}'
+    return f'backend {where}{mode}, tracker {_tracker_name(q.store)}'
 
 
 def _runs_jobs_here(q: JobQueue) -> bool:
-    return type(q.backend).__name__ == 'WorkerPool'
+    # Thread workers, or a backend of several processes whose web process works too.
+    return not q.backend.spans_processes or bool(getattr(q.backend, 'in_process', False))
 
 
 def _tracker_name(tracker: Any) -> str:
@@ -87,16 +76,6 @@ def _tracker_name(tracker: Any) -> str:
         return f'redis at {_address(client)}'
     name = type(tracker).__name__
     return 'memory (this process only)' if name == 'MemoryProgressTracker' else name
-
-
-def _safe_url(url: str) -> str:
-    # Never log a password.
-    from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=f'{parts.username or ""}:***@{parts.hostname}'
-                               + (f':{parts.port}' if parts.port else ''))
-    return parts.geturl()
 
 
 def _address(client: redis.Redis) -> str:

@@ -18,7 +18,7 @@ from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfig
 from . import database, locate, settings, startup
 from .errors import AlreadyStarted, AsyncJobError
 from .locate import current_queue
-from .queue import JobQueue, stop_all
+from .queue import JobQueue, stop_all  # noqa: F401 - stop_all: public here since 0.3
 
 __all__ = ['start_async_worker', 'current_queue', 'plugme', 'stop_all',
            'AsyncJobConfigurationComponent', 'SCRIPT_GLOBALS']
@@ -93,7 +93,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    tracker = startup.make_tracker(tracker)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
