@@ -79,7 +79,8 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
                     'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
-    values = settings.resolve(conf, {}, options)
+    # The queue's settings only: the others (mount, page access) are the plugged app's.
+    values = settings.resolve(conf, {}, options, settings.QUEUE)
     return _start(app_globals, progress_tracker, conf, hooks,
                   settings.backend_options(conf, None, backend_options), values)
 
