@@ -26,15 +26,8 @@ def _access_rule(conf: Mapping[str, Any], key: str) -> bool | Callable[[], Any] 
     Raises ValueError naming the setting for a value that is none of these (an .ini
     string such as ``yes please``).
     """
-    rule = conf.get(key)
-    if rule is None or callable(rule):
-        return rule
-    try:
-        return asbool(rule)
-    except ValueError:
-        raise ValueError(
-            f'{key} = {rule!r} is not valid: use true or false (also yes/no, on/off, 1/0) '
-            'or a callable taking no arguments that returns whether to allow') from None
+    from .settings import BY_NAME, PREFIX
+    return BY_NAME[key[len(PREFIX):]].coerce(conf.get(key))  # the one definition
 
 
 def check_access_rules(conf: Mapping[str, Any]) -> None:
