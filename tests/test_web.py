@@ -336,6 +336,40 @@ def test_status_json_is_standard_json_whatever_the_result(web_app, result):
     assert app.get("/asyncjob/jobs").html.select_one("tbody tr")["data-state"] == "succeeded"
 
 
+def deeply_nested(depth=100000):
+    outer = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+class BrokenDict(dict):
+    def items(self):
+        raise RuntimeError("no items")
+
+    def keys(self):
+        raise RuntimeError("no keys")
+
+
+class LongRepr(object):
+    def __repr__(self):
+        return "x" * 1000000
+
+
+@pytest.mark.parametrize("value, check", [
+    (deeply_nested(), lambda out: "<too deep>" in json.dumps(out)),
+    ({"n": float("nan"), "deep": deeply_nested()}, lambda out: out["n"] == "nan"),
+    (BrokenDict(a=1), lambda out: isinstance(out, (str, dict))),
+    (LongRepr(), lambda out: 2000 <= len(out) < 2010),
+    ({"k": Unrepresentable()}, lambda out: out == {"k": "<unrepresentable "
+                                                   "Unrepresentable object>"}),
+], ids=["deep", "deep+nan", "broken-dict", "long-repr", "bad-repr"])
+def test_jsonsafe_encodes_anything(value, check):
+    from tgext.asyncjob import jsonsafe
+    assert check(strict_json(jsonsafe.dumps(value)))
+
+
 @pytest.mark.parametrize("tracker", ["memory", "redis"])
 @pytest.mark.parametrize("data", [
     {"done": float("inf"), "total": 1}, {"done": 1, "total": float("nan")},
@@ -370,8 +404,10 @@ def test_status_json_of_odd_progress_data(web_app, gate, request, tracker, data)
 
 # ------------------------------------------------------------ error messages
 
-def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_db_url):
-    """A SQLAlchemy IntegrityError's message holds the SQL and its bound parameters."""
+def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_db_url,
+                                                             caplog):
+    """A SQLAlchemy IntegrityError's message holds the SQL and its bound parameters:
+    the pages show neither, the log has it all."""
     from sampleapp import model
     from sampleapp.controllers.root import db_session
 
@@ -383,8 +419,10 @@ def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_
         db_session().add(model.Group(group_name="s3cr3t-token", display_name="hunter2"))
         db_session().flush()
 
-    jobid = queue_of(app).perform(duplicate)
-    status = finished(app, jobid)
+    with caplog.at_level(logging.ERROR, logger="tgext.asyncjob"):
+        jobid = queue_of(app).perform(duplicate)
+        status = finished(app, jobid)
+    assert "s3cr3t-token" in caplog.text and "Traceback" in caplog.text
     assert status.error.type == "IntegrityError"
     assert "s3cr3t-token" in status.error.message and "INSERT" in status.error.message
     for url in ("/asyncjob/status/%s.json" % jobid, "/asyncjob/progress/%s" % jobid,
