@@ -99,7 +99,7 @@ class Runtime:
                     conf=self.conf)
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: not the worker's
                 leave_job()
-                self._failed(job, exc)
+                self.failed(job, exc)
             else:
                 leave_job()
                 self.lifecycle.succeed(job, result)
@@ -121,7 +121,10 @@ class Runtime:
         tg_config.push_thread_config(self.conf)
         return True
 
-    def _failed(self, job: Job, exc: BaseException) -> None:
+    def failed(self, job: Job, exc: BaseException) -> None:
+        """The running ``job``'s attempt ended with ``exc``: queue it again if its retry
+        policy allows (not if it was cancelled meanwhile or the queue is stopping), else
+        record it failed. Also for a backend whose worker died under a job (rq)."""
         error = JobError.from_exception(exc)
         policy = policy_for(job.retry, job.func)
         not_retried = ''
