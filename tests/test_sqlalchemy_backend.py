@@ -777,3 +777,29 @@ def test_work_returns_once_stop_has_handed_back_a_job_that_ignores_it(make_app, 
     assert not worker.is_alive()  # the job still runs; its row is back in the queue
     assert job_rows(url, id=jobid)[0]['state'] == 'queued'
     gate['released'].set()
+
+
+def test_jobs_can_be_queued_while_workers_claim(make_app, url, other_process):
+    # MariaDB at REPEATABLE READ: the claim's FOR UPDATE locked index gaps and these
+    # INSERTs deadlocked with it.
+    app = sql_app(make_app, url, in_process='false')
+    workers = [other_process(url, poll_interval='0.05') for _ in range(2)]
+    for worker in workers:
+        worker.backend.start()
+    errors, ids = [], []
+
+    def queue_many():
+        try:
+            for i in range(100):
+                ids.append(queue_of(app).perform(noop, (i,)))
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=queue_many) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    assert errors == []
+    wait_for(lambda: {r['state'] for r in job_rows(url)} == {'succeeded'}, timeout=WAIT * 2,
+             message=lambda: str({r['state'] for r in job_rows(url)}))
+    assert len(job_rows(url)) == 300
