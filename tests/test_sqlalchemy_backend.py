@@ -325,11 +325,7 @@ def test_a_run_rescued_meanwhile_rolls_its_work_back(make_app, url):
     jobid = q.perform(gated_add_row, ('rescued',))
     assert gate['entered'].wait(WAIT)
     # What a rescuer does when this worker's lease expired: the job is queued again.
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.update(schema.jobs).where(schema.jobs.c.id == jobid)
-                     .values(state='queued', worker_id=None, run_at=time.time() + 3600))
-    engine.dispose()
+    set_row(url, jobid, state='queued', worker_id=None, run_at=time.time() + 3600)
     gate['released'].set()
     wait_for(lambda: q.backend.runs == {}, timeout=WAIT, message='the job never ended')
     assert row_names(app) == []  # its work was rolled back
@@ -803,3 +799,17 @@ def test_jobs_can_be_queued_while_workers_claim(make_app, url, other_process):
     wait_for(lambda: {r['state'] for r in job_rows(url)} == {'succeeded'}, timeout=WAIT * 2,
              message=lambda: str({r['state'] for r in job_rows(url)}))
     assert len(job_rows(url)) == 300
+
+
+def test_with_jobs_in_another_database_the_job_is_inserted_after_the_commit(
+        make_app, sqlite_db_url, tmp_path):
+    jobs_url = 'sqlite:///%s' % (tmp_path / 'jobs.sqlite')
+    app = sql_app(make_app, sqlite_db_url, url=jobs_url, in_process='false')
+    with pytest.raises(RuntimeError, match='fails after queueing'):
+        app.get('/start_then_abort', params={'name': 'aborted'})
+    assert job_rows(jobs_url) == []
+    jobid = app.get('/start', params={'name': 'committed'}).json['jobid']
+    assert [r['id'] for r in job_rows(jobs_url)] == [jobid]
+    queue_of(app).backend.work(threads=1, burst=True)
+    assert queue_of(app).get_status(jobid).state is JobState.SUCCEEDED
+    assert row_names(app) == ['committed']
