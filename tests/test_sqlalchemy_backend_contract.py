@@ -10,6 +10,11 @@ from tgext.asyncjob import JobQueue
 
 def _cases():
     for scenario, needs_waiting, state, check in contract.TABLE:
+        if scenario is contract.s_waiting_at_stop:
+            # Its wait() runs the full 30 s deadline on a durable backend (the job stays
+            # queued); the same answer is checked at once by
+            # test_sqlalchemy_backend.py::test_delayed_jobs_wait_as_rows_and_survive_a_restart.
+            continue
         yield pytest.param(scenario, state, check, id=scenario.__name__[2:])
 
 
