@@ -91,12 +91,16 @@ def _access(value: Any) -> Any:
     return _boolean(value)
 
 
+#: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
+BACKENDS = ('threads', 'rq', 'sqlalchemy')
+
+
 def _backend(value: Any) -> Any:
     if callable(value):
         return value
     name = str(value).strip()
-    if name not in ('threads', 'rq'):
-        raise ValueError(f'expected "threads", "rq" or a factory taking the JobQueue, '
+    if name not in BACKENDS:
+        raise ValueError(f'expected {", ".join(map(repr, BACKENDS))} or a backend factory, '
                          f'got {value!r}')
     return name
 
