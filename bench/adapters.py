@@ -1,5 +1,5 @@
-"""Baseline rows (floor, floor+transaction, ThreadPoolExecutor) and the
-original tgext.asyncjob 0.3.1 rows.
+"""Adapters for the Redis round-trip suite: the original tgext.asyncjob 0.3.1
+(``original-redis``) and this project (``project-redis``, adapter_project.py).
 
 Every adapter exposes the same small surface used by ``harness.py``:
 
@@ -13,106 +13,6 @@ Every adapter exposes the same small surface used by ``harness.py``:
 Imports of the system under test happen inside ``start`` so that this module
 can be imported from either virtualenv.
 """
-import queue
-import threading
-
-
-class Floor:
-    """The floor: a bare ``queue.Queue`` and worker thread(s) calling the job.
-
-    ``transactional=True`` gives the "floor + transaction" variant: the same
-    thread wraps each call in ``transaction.begin()`` / ``commit()``.
-    Progress is a dict guarded by a ``threading.Lock`` (what a minimal
-    in-memory tracker has to do).
-    """
-
-    has_progress = True
-    uses_redis = False
-
-    def __init__(self, transactional=False):
-        self.transactional = transactional
-        self._lock = threading.Lock()
-        self._progress = {}
-
-    def start(self, workers=1):
-        self.q = queue.Queue()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(workers)]
-        for t in self.threads:
-            t.start()
-
-    def _loop(self):
-        get = self.q.get
-        if self.transactional:
-            import transaction
-            while True:
-                fn, args, kw = get()
-                if fn is None:
-                    return
-                transaction.begin()
-                try:
-                    fn(*args, **kw)
-                    transaction.commit()
-                except Exception:
-                    transaction.abort()
-        else:
-            while True:
-                fn, args, kw = get()
-                if fn is None:
-                    return
-                fn(*args, **kw)
-
-    def enqueue(self, fn, *args, **kw):
-        self.q.put((fn, args, kw))
-        return "job"
-
-    def stop(self):
-        for _ in self.threads:
-            self.q.put((None, None, None))
-        for t in self.threads:
-            t.join(5)
-
-    def set_progress(self, value, message=None):
-        with self._lock:
-            self._progress["job"] = (value, message)
-
-    def get_progress(self, handle):
-        with self._lock:
-            return self._progress.get(handle)
-
-
-class RedisFloorProgress:
-    """Raw redis-py SET/GET of a JSON value: the floor for Redis progress."""
-
-    def __init__(self, redis_cfg):
-        import json
-        import redis
-        self._dumps, self._loads = json.dumps, json.loads
-        self.r = redis.Redis(host=redis_cfg["host"], port=redis_cfg["port"], db=redis_cfg["db"])
-
-    def set_progress(self, value, message=None):
-        self.r.set("bench:floor:progress", self._dumps((value, message)))
-
-    def get_progress(self, handle):
-        v = self.r.get("bench:floor:progress")
-        return None if v is None else tuple(self._loads(v))
-
-
-class ThreadPool:
-    """``concurrent.futures.ThreadPoolExecutor(workers)``; no progress API."""
-
-    has_progress = False
-    uses_redis = False
-
-    def start(self, workers=1):
-        from concurrent.futures import ThreadPoolExecutor
-        self.ex = ThreadPoolExecutor(workers)
-
-    def enqueue(self, fn, *args, **kw):
-        return self.ex.submit(fn, *args, **kw)
-
-    def stop(self):
-        self.ex.shutdown(wait=True)
-
 
 class Original:
     """tgext.asyncjob 0.3.1 (runs only inside bench/.venv-original).
@@ -179,14 +79,6 @@ class Original:
 
 def make(row, redis_cfg):
     """Build the adapter for a row name (project rows live in adapter_project)."""
-    if row == "floor":
-        return Floor()
-    if row == "floor+txn":
-        return Floor(transactional=True)
-    if row == "ThreadPoolExecutor":
-        return ThreadPool()
-    if row == "original-memory":
-        return Original("memory")
     if row == "original-redis":
         return Original("redis", redis_cfg)
     if row.startswith("project-"):

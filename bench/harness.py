@@ -1,10 +1,12 @@
 """Measure one row in this (fresh) process and print one JSON line.
 
-    python bench/harness.py '{"row": "floor", "mode": "core", ...}'
+    python bench/harness.py '{"mode": "request", "row": "current", "cpu": 0, ...}'
 
 Run by ``run.py``, once per row per round, with the interpreter of the row's
-virtualenv.  The process pins itself (and so every thread it starts, and any
-worker process it spawns) to one CPU before anything else happens.
+virtualenv; ``mode`` names the suite module (SUITES) whose ``run(cfg)`` measures.
+The process pins itself (and so every thread it starts) to one CPU before
+anything else happens.  Also home of the Redis round-trip counters used by
+suite_redis.py.
 """
 import gc
 import json
@@ -12,7 +14,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 
 pc = time.perf_counter
 SETTLE = 0.05  # s to let background (write-behind) Redis writes land before/after counting
@@ -73,40 +74,6 @@ class ThreadSync:
         return job, (), lambda: (ready.wait(), out[0])[1], release.set
 
 
-class RedisSync:
-    """The same signals for jobs run by an RQ worker process (see rqjobs.py)."""
-
-    def __init__(self):
-        import rqjobs
-        self.jobs, self.r = rqjobs, rqjobs.r()
-        self.noop = rqjobs.noop
-
-    def _key(self):
-        return "bench:sig:" + uuid.uuid4().hex
-
-    def _pop(self, key):
-        return self.r.blpop([key], timeout=60)[1]
-
-    def signal(self):
-        key = self._key()
-        return self.jobs.signal, (key,), lambda: float(self._pop(key))
-
-    def blocker(self):
-        started, release = self._key(), self._key()
-        return (self.jobs.block, (started, release), lambda: self._pop(started),
-                lambda: self.r.rpush(release, 1))
-
-    def progress(self, setter, m, counter=None, reps=1):
-        ready, release = self._key(), self._key()  # the rq row uses reps=1
-
-        def wait():
-            set_us, reads = self._pop(ready).split()
-            return float(set_us), (float(reads) if counter else None)
-
-        return (self.jobs.progress, (m, ready, release), wait,
-                lambda: self.r.rpush(release, 1))
-
-
 def _drain(a, sync):
     """Wait until every job enqueued so far has run (one worker: FIFO)."""
     fn, args, wait = sync.signal()
@@ -120,70 +87,6 @@ def _block(a, sync):
     a.enqueue(fn, *args)
     wait_started()
     return release
-
-
-def enqueue_and_drain(a, sync, n):
-    """Enqueue cost with the worker parked, then drain rate of that backlog."""
-    release = _block(a, sync)
-    gc.collect()
-    enq, job = a.enqueue, sync.noop
-    t0 = pc()
-    for _ in range(n):
-        enq(job)
-    t1 = pc()
-    fn, args, wait = sync.signal()
-    a.enqueue(fn, *args)
-    t2 = pc()
-    release()
-    wait()
-    t3 = pc()
-    return {"enqueue_us": (t1 - t0) / n * 1e6, "drain_jobs_s": n / (t3 - t2)}
-
-
-def enqueue_direct(a, sync, n):
-    """Enqueue cost through the queue object's perform(fn, args, kwargs), i.e.
-    without asyncjob_perform's lookup of the current queue."""
-    release = _block(a, sync)
-    gc.collect()
-    perform, job, args, kw = a.direct_perform, sync.noop, (), {}
-    t0 = pc()
-    for _ in range(n):
-        perform(job, args, kw)
-    t1 = pc()
-    release()
-    _drain(a, sync)
-    return {"enqueue_direct_us": (t1 - t0) / n * 1e6}
-
-
-def end_to_end(a, sync, n):
-    """n no-op jobs enqueued and run with the worker live; clock stops when
-    the last one has run."""
-    gc.collect()
-    enq, job = a.enqueue, sync.noop
-    fn, args, wait = sync.signal()
-    t0 = pc()
-    for _ in range(n):
-        enq(job)
-    enq(fn, *args)
-    wait()
-    return {"e2e_jobs_s": n / (pc() - t0)}
-
-
-def latency(a, sync, samples, idle=0.001):
-    """Enqueue-to-start latency, one job at a time into an idle worker."""
-    lat = []
-    gc.collect()
-    for _ in range(samples):
-        time.sleep(idle)  # let the worker finish the previous job and go idle
-        fn, args, wait = sync.signal()
-        t0 = pc()
-        a.enqueue(fn, *args)
-        lat.append(wait() - t0)
-    lat.sort()
-    return {
-        "latency_p50_us": lat[len(lat) // 2] * 1e6,
-        "latency_p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
-    }
 
 
 def progress(a, sync, setter, getter, m, counter=None, reps=1):
@@ -302,69 +205,9 @@ def redis_counts(a, sync, redis_cfg, m=200):
     return out
 
 
-def core(a, cfg):
-    sync = RedisSync() if getattr(a, "out_of_process", False) else ThreadSync()
-    # Slow rows (an RQ worker process runs ~200 jobs/s) get smaller counts.
-    n = min(cfg["jobs"], getattr(a, "max_jobs", cfg["jobs"]))
-    samples = min(cfg["latency_samples"], getattr(a, "max_latency_samples", cfg["latency_samples"]))
-    a.start(1)
-    for _ in range(min(500, n // 4)):  # warm-up: connections, thread-locals, caches
-        a.enqueue(sync.noop)
-    _drain(a, sync)
-    gc.collect()
-    gc.freeze()
-    m = dict(enqueue_and_drain(a, sync, n))
-    if hasattr(a, "direct_perform"):
-        m.update(enqueue_direct(a, sync, n))
-    m.update(end_to_end(a, sync, n))
-    m.update(latency(a, sync, samples))
-    checks = {"jobs": n, "latency_samples": samples}
-    if a.has_progress:
-        calls = cfg["redis_progress_calls"] if a.uses_redis else cfg["progress_calls"]
-        reps = 1 if a.uses_redis else 5
-        p = progress(a, sync, a.set_progress, a.get_progress, calls, reps=reps)
-        m["progress_set_us"], m["progress_get_us"] = p["set_us"], p["get_us"]
-        checks["progress_value_seen"] = p["value"]
-    if cfg["row"] == "floor" and cfg.get("redis"):
-        from adapters import RedisFloorProgress
-        rf = RedisFloorProgress(cfg["redis"])
-        rf.set_progress(0)
-        p = progress(a, sync, rf.set_progress, rf.get_progress, cfg["redis_progress_calls"])
-        m["redis_progress_set_us"], m["redis_progress_get_us"] = p["set_us"], p["get_us"]
-        with RoundTrips() as rt:  # sanity check of the counter: must be 1.0
-            p = progress(a, sync, rf.set_progress, rf.get_progress, 100, counter=rt)
-        checks["floor_redis_rt_set_get"] = [p["set_rt"], p["get_rt"]]
-    if a.uses_redis:
-        m.update(redis_counts(a, sync, cfg["redis"]))
-    a.stop()
-    return m, checks
-
-
-def pool(a, cfg):
-    workers, n = cfg["workers"], cfg["jobs"]
-    a.start(workers)
-    lock, done, count = threading.Lock(), threading.Event(), [0]
-
-    def sleeper():
-        time.sleep(0.01)
-        with lock:
-            count[0] += 1
-            if count[0] == target:
-                done.set()
-
-    target = workers  # warm-up: one job per worker
-    for _ in range(workers):
-        a.enqueue(sleeper)
-    done.wait()
-    done.clear()
-    count[0], target = 0, n
-    t0 = pc()
-    for _ in range(n):
-        a.enqueue(sleeper)
-    done.wait()
-    rate = n / (pc() - t0)
-    a.stop()
-    return {"sleep_jobs_s": rate}, {}
+# mode -> module with run(cfg) -> (metrics, checks)
+SUITES = {"request": "suite_request", "parts": "suite_parts", "cpu": "profile_perform", "db": "suite_db", "redis": "suite_redis",
+          "durable": "suite_durable"}
 
 
 def main():
@@ -376,13 +219,8 @@ def main():
         if cfg.get("flush_redis"):
             import redis
             redis.Redis(host=rc["host"], port=rc["port"], db=rc["db"]).flushdb()
-    import adapters
-    a = adapters.make(cfg["row"], cfg.get("redis"))
-    try:
-        metrics, checks = (pool if cfg["mode"] == "pool" else core)(a, cfg)
-    finally:
-        if hasattr(a, "kill"):
-            a.kill()
+    import importlib
+    metrics, checks = importlib.import_module(SUITES[cfg["mode"]]).run(cfg)
     mod = sys.modules.get("tgext.asyncjob")
     if mod is not None:  # which tgext.asyncjob this row really ran
         checks["tgext.asyncjob"] = os.path.relpath(mod.__file__, os.path.dirname(os.path.dirname(__file__)))

@@ -1,4 +1,4 @@
-"""Turn the per-round results of run.py into RESULTS.md (markdown).
+"""Turn the results of run.py into RESULTS.md (markdown).
 
 Re-render from saved raw numbers:  python bench/report.py bench/RESULTS.json
 """
@@ -7,331 +7,306 @@ import os
 import sys
 from statistics import median
 
-# metric -> (label, unit, kind, floor metric, target ratio or None)
-# kind "cost": lower is better, ratio = row / floor;
-# kind "rate": higher is better, ratio = floor / row (= cost per job vs floor).
-METRICS = [
-    ("enqueue_us", "enqueue cost", "µs", "cost", "enqueue_us", 1.5),
-    ("enqueue_direct_us", "enqueue via queue.perform()", "µs", "cost", "enqueue_us", None),
-    ("e2e_jobs_s", "end to end, 1 txn per job", "jobs/s", "rate", "e2e_jobs_s", 5.0),
-    ("drain_jobs_s", "drain of a queued backlog", "jobs/s", "rate", "drain_jobs_s", None),
-    ("latency_p50_us", "enqueue-to-start p50", "µs", "cost", "latency_p50_us", 1.5),
-    ("latency_p99_us", "enqueue-to-start p99", "µs", "cost", "latency_p99_us", None),
-    ("progress_set_us", "progress set", "µs", "cost", "progress_set_us", 1.5),
-    ("progress_get_us", "progress get", "µs", "cost", "progress_get_us", 1.5),
-]
-# Redis rows compare progress with raw redis-py SET/GET (measured in the floor
-# process) and have no ratio target: their target is the round-trip count.
-REDIS_PROGRESS_FLOOR = {"progress_set_us": "redis_progress_set_us",
-                        "progress_get_us": "redis_progress_get_us"}
-
-RT_METRICS = [  # metric, label, target predicate, target text
-    ("rt_enqueue", "round trips / enqueue", lambda v: v <= 1.0, "≤ 1"),
-    ("rt_job", "round trips / job end to end", lambda v: v <= 1.5, "≤ 1.5"),
-    ("rt_progress_set", "round trips / progress set", lambda v: 0 < v <= 1.0, "≤ 1"),
-    ("rt_progress_get", "round trips / progress get", lambda v: v == 1.0, "= 1"),
-    ("srv_rt_enqueue", "server: requests read / enqueue", None, ""),
-    ("srv_rt_job", "server: requests read / job", None, ""),
-    ("cmd_enqueue", "server: commands / enqueue", None, ""),
-    ("cmd_job", "server: commands / job", None, ""),
-]
-# Rows whose jobs run in another process: the client-side counter only sees
-# the enqueuing process, so their per-job figure is the server-side one.
-OUT_OF_PROCESS = {"project-rq": {"rt_job": "srv_rt_job"}}
-POOL_TARGET = 14.0
+REQ_ROWS = ["floor", "0.3.1", "baseline", "current", "proto"]
+VERSIONS = ["0.3.1", "baseline", "current"]
+DB_KEYS = [("sqlite", "SQLite file"), ("pg", "PostgreSQL"),
+           ("sqlite-nosync", "SQLite, synchronous=OFF"),
+           ("pg-nosync", "PostgreSQL, synchronous_commit=off")]
+RT = [("rt_enqueue", "per enqueue", 1.0), ("rt_job", "per job end to end", 1.5),
+      ("rt_progress_set", "per progress set", 1.0), ("rt_progress_get", "per progress get", 1.0)]
+PARTS = [("floor", "bare Queue.put to an idle thread"),
+         ("floor_nowake", "bare Queue.put, no thread waiting"),
+         ("lookup", "current_queue() alone"),
+         ("direct", "queue.perform() (no lookup)"),
+         ("perform", "asyncjob_perform()"),
+         ("no_handoff", "asyncjob_perform() without the hand-off to the worker"),
+         ("deferred", "asyncjob_perform(), hand-off deferred to close() (prototype)")]
 
 
-def _fmt(v):
+def _fmt(v, unit=""):
     if v is None:
         return "–"
     a = abs(v)
-    if a >= 1000:
-        return "{:,.0f}".format(v)
-    if a >= 100:
-        return "%.0f" % v
-    if a >= 10:
-        return "%.1f" % v
-    return "%.2f" % v
+    s = ("{:,.0f}".format(v) if a >= 1000 else "%.0f" % v if a >= 100 else
+         "%.1f" % v if a >= 10 else "%.2f" % v)
+    return s + unit
 
 
 def _rt(v):
-    return ("%.3f" % v).rstrip("0").rstrip(".") if v % 1 else "%d" % v
+    return "–" if v is None else ("%.3f" % v).rstrip("0").rstrip(".")
 
 
-def _is_redis(row):
-    return row.endswith(("redis", "rq"))
+def _pct(v):
+    return "–" if v is None else "%+.1f%%" % (v * 100)
 
 
 def _mark(ok):
-    return "–" if ok is None else ("✅" if ok else "❌")
+    return "" if ok is None else (" ✅" if ok else " ❌")
 
 
-def _rows(results):
-    seen = []
-    for rnd in results["core"]:
-        for row in rnd:
-            if row not in seen:
-                seen.append(row)
-    order = ["floor", "floor+txn", "ThreadPoolExecutor", "original-memory", "original-redis",
-             "project-memory", "project-redis", "project-rq"]
-    return sorted(seen, key=lambda r: order.index(r) if r in order else 99)
+def _runs(results, suite, row):
+    return [r for r in results.get(suite, {}).get(row, []) if "metrics" in r]
 
 
-def _series(results, row, metric, floor_metric, kind, base="floor"):
-    """Per-round values and per-round ratios to the floor of the same round."""
-    vals, ratios = [], []
-    for rnd in results["core"]:
-        m = rnd.get(row, {}).get("metrics", {})
-        f = rnd.get(base, {}).get("metrics", {})
-        if metric not in m:
-            continue
-        vals.append(m[metric])
-        if floor_metric in f and m[metric] and f[floor_metric]:
-            ratios.append(m[metric] / f[floor_metric] if kind == "cost" else f[floor_metric] / m[metric])
-    return vals, ratios
+def _med(results, suite, row, metric):
+    vals = [r["metrics"][metric] for r in _runs(results, suite, row) if metric in r["metrics"]]
+    return median(vals) if vals else None
 
 
-def _spread(ratios):
-    return (max(ratios) - min(ratios)) / median(ratios) * 100 if len(ratios) > 1 else 0.0
+def _vs(cur, base, higher_is_better):
+    """'current vs baseline' cell: relative change, ✅ unless worse by more than 10%."""
+    if cur is None or base is None or base == 0:
+        return "–"
+    change = cur / base - 1
+    worse = -change if higher_is_better else change
+    return "%s%s" % (_pct(change), _mark(worse <= 0.10))
+
+
+def _added(results, row, clock):
+    q = _med(results, "request", row, "%s_queue_us" % clock)
+    p = _med(results, "request", row, "%s_plain_us" % clock)
+    return None if q is None or p is None else q - p
 
 
 def render(results, facts, settings, cmd):
-    rows = _rows(results)
-    pool_jobs = {int(k): v for k, v in settings["pool_jobs"].items()}  # JSON keys are str
     out = []
     w = out.append
+    base = facts.get("baseline", "?")[:7]
     w("# tgext.asyncjob benchmark results\n")
-    w("Command (from the repository root; creates `bench/.venv-original` on first use):\n")
+    w("Run on **%s**, tree `%s` (`current`) against baseline `%s` (`baseline`), 0.3.1 from "
+      "PyPI and procrastinate %s, all in this one run (%s s wall time). Command, from the "
+      "repository root:\n" % (facts["date"], facts["git"], base,
+                              facts["packages"]["procrastinate"].get("procrastinate", "?"),
+                              facts["wall_seconds"]))
     w("```\n%s\n```\n" % cmd)
-    w("Run on %s, %d rounds, %s s wall time. Raw per-round numbers: `%s`.\n"
-      % (facts["date"], settings["rounds"], facts["wall_seconds"], settings["raw"]))
-
+    w("Conditions: %s, %d cores, Linux %s, Python %s, PostgreSQL %s, Redis %s. Every "
+      "measuring process pinned to CPU %d (its threads too); PostgreSQL is the machine's "
+      "shared server, not pinned. Load average %s at the start, %s at the end: "
+      "**other work was running on this 2-core machine, so absolute figures are noisy**; "
+      "every comparison below is between rows of this same run, interleaved or "
+      "alternated, and the ratios are what to read. Raw numbers: `%s`.\n" % (
+          facts["cpu"], facts["cores"], facts["kernel"], facts["python"], facts["postgresql"],
+          facts["redis_server"], settings["cpu"], " ".join(facts["loadavg_start"]),
+          " ".join(facts["loadavg_end"]), settings["raw"]))
+    if facts.get("durable_tree"):
+        w("The issue 12 rows of `current` (sqlalchemy, threads) ran from `%s` "
+          "(`--durable-tree`: main had no sqlalchemy backend yet).\n" % facts["durable_tree"])
+    if facts.get("proto"):
+        w("Row `proto`: the library prototype of bench/NOTES.md, `%s` (`--proto`).\n"
+          % facts["proto"])
     if facts.get("sources_changed_during_run"):
-        w("**Warning: tgext/asyncjob sources changed while this ran; rounds may "
-          "mix versions. Rerun for clean numbers.**\n")
+        w("**Warning: tgext/asyncjob sources changed while this ran. Rerun.**\n")
 
-    # ---- errors / skipped rows
-    problems = []
-    for i, rnd in enumerate(results["core"] + results["pool"]):
-        for row, r in rnd.items():
-            if "error" in r:
-                problems.append((row, r["error"]))
+    problems = sorted({(s, row, r["error"].splitlines()[0][:200])
+                       for s, rows in results.items() for row, rs in rows.items()
+                       for r in rs if "error" in r})
     if problems:
-        w("**Rows not measured:**\n")
-        for row, err in sorted(set(problems)):
-            w("- `%s`: %s" % (row, err))
+        w("**Not measured in this run:**\n")
+        for s, row, err in problems:
+            w("- %s / `%s`: %s" % (s, row, err))
         w("")
 
-    # ---- summary
-    w("## Summary: median ratio to the floor of the same round\n")
-    w("The **floor** is a bare `queue.Queue` plus one thread calling the same no-op "
-      "callable (no transaction). Every ratio is *times the floor's cost*: for times "
-      "(µs) row / floor, for rates (jobs/s) floor / row, computed per round against "
-      "that round's floor, then the median over rounds is shown. ✅/❌: target met "
-      "(judged on the median ratio); targets are for `project-*` rows, other rows are "
-      "marked for comparison. Redis rows compare progress calls with raw redis-py "
-      "SET/GET (no ratio target; their target is the round-trip count below).\n")
-    hdr = ["row"] + ["%s%s" % (label, "" if t is None else " (≤ %g×)" % t)
-                     for _, label, _, _, _, t in METRICS]
-    w("| " + " | ".join(hdr) + " |")
-    w("|" + "---|" * len(hdr))
-    for row in rows:
-        cells = [row]
-        for metric, label, unit, kind, fmetric, target in METRICS:
-            if _is_redis(row) and metric in REDIS_PROGRESS_FLOOR:
-                fmetric, target = REDIS_PROGRESS_FLOOR[metric], None
-            vals, ratios = _series(results, row, metric, fmetric, kind)
-            if not ratios:
-                cells.append("–")
-                continue
-            r = median(ratios)
-            cells.append("%s×%s" % (_fmt(r), "" if target is None else " " + _mark(r <= target)))
-        w("| " + " | ".join(cells) + " |")
+    # ------------------------------------------------------------------ summary
+    w("## Issue 10: summary\n")
+    w("`current` vs `baseline`: relative change of the figure; ✅ unless it got worse "
+      "by more than 10% (the issue's rule). Target marks are for `current`.\n")
+    w("| figure | target | floor | 0.3.1 | baseline %s | current | current vs baseline |" % base)
+    w("|---|---|---|---|---|---|---|")
+    for clock, label in (("webtest", "perform's share of a request (WebTest GET)"),
+                         ("body", "perform's share of a request (time to response body)")):
+        cells = [_med(results, "request", r, "%s_share" % clock) for r in REQ_ROWS]
+        cur = cells[3]
+        w("| %s | ≤ 1%% | %s | %s | %s | %s%s | %s |" % (
+            label, _pct(cells[0]), _pct(cells[1]), _pct(cells[2]), _pct(cur),
+            _mark(cur <= 0.01) if cur is not None else "",
+            _vs(_added(results, "current", clock), _added(results, "baseline", clock), False)
+            + " (added µs)"))
+    if _runs(results, "request", "proto"):
+        w("| *prototype `proto`: hand-off after the response* (WebTest / body) | ≤ 1%% | | | | "
+          "%s / %s | |" % (_pct(_med(results, "request", "proto", "webtest_share")),
+                           _pct(_med(results, "request", "proto", "body_share"))))
+    for key, label in DB_KEYS:
+        suite = "db:" + key
+        cells = [_med(results, suite, r, "ratio") for r in VERSIONS]
+        cur = cells[2]
+        w("| end to end, 1 insert per job, %s: rate / floor's | ≥ 0.8 | 1 | %s | %s | %s%s | %s |" % (
+            label, _fmt(cells[0]), _fmt(cells[1]), _fmt(cur),
+            _mark(cur >= 0.8) if cur is not None else "", _vs(cur, cells[1], True)))
+    for metric, label, target in RT:
+        cells = [_med(results, "redis", r, metric) for r in VERSIONS]
+        cur = cells[2]
+        w("| Redis round trips %s | ≤ %g | – | %s | %s | %s%s | %s |" % (
+            label, target, _rt(cells[0]), _rt(cells[1]), _rt(cur),
+            _mark(cur <= target) if cur is not None else "", _vs(cur, cells[1], False)))
     w("")
 
-    # ---- detail per metric
-    w("## Detail per metric\n")
-    w("median and best (min time / max rate) over rounds of the raw value; ratio "
-      "median, min and spread ((max−min)/median of the per-round ratios).\n")
-    for metric, label, unit, kind, fmetric0, target0 in METRICS:
-        w("### %s (%s)\n" % (label, unit))
-        w("| row | median | best | ratio median | ratio min | ratio spread | target | met? |")
-        w("|---|---|---|---|---|---|---|---|")
-        for row in rows:
-            fmetric, target = fmetric0, target0
-            if _is_redis(row) and metric in REDIS_PROGRESS_FLOOR:
-                fmetric, target = REDIS_PROGRESS_FLOOR[metric], None
-            vals, ratios = _series(results, row, metric, fmetric, kind)
-            if not vals:
+    # ------------------------------------------------------------------ request
+    w("## Cost of asyncjob_perform inside a minimal TurboGears request\n")
+    w("A `MinimalApplicationConfigurator` app with a JSON controller `/queue` that calls "
+      "`asyncjob_perform(job)` (floor: a bare `queue.Queue.put` to one thread) and the same "
+      "controller `/plain` without it, in one process, requests interleaved (%d pairs per "
+      "clock per round, %d rounds, median per round then median of rounds). Before each "
+      "request the job has run and the worker waits again (0.5 ms idle). Two clocks: "
+      "**WebTest** `TestApp.get` (lint off) and **body**: a bare WSGI call timed until the "
+      "response body is complete, before `close()` (what a client behind a real server "
+      "waits for).\n" % (settings["requests"], settings["rounds"]))
+    w("| row | clock | plain request µs | with one job µs | added µs | share | rounds |")
+    w("|---|---|---|---|---|---|---|")
+    for row in REQ_ROWS:
+        for clock in ("webtest", "body"):
+            runs = _runs(results, "request", row)
+            if not runs:
                 continue
-            best = min(vals) if kind == "cost" else max(vals)
-            rm = median(ratios) if ratios else None
-            w("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                row, _fmt(median(vals)), _fmt(best),
-                _fmt(rm) + "×" if rm else "–", _fmt(min(ratios)) + "×" if ratios else "–",
-                "%.0f%%" % _spread(ratios) if ratios else "–",
-                "≤ %g×" % target if target else ("vs raw redis" if fmetric != fmetric0 else "–"),
-                _mark(rm <= target) if (target and rm) else "–"))
-        if metric == "e2e_jobs_s":
-            txn = []
-            for row in rows:
-                _, r = _series(results, row, metric, metric, kind, base="floor+txn")
-                if r and row not in ("floor", "floor+txn", "ThreadPoolExecutor"):
-                    txn.append("%s %s×" % (row, _fmt(median(r))))
-            if txn:
-                w("\nSame rows against `floor+txn` (the floor thread also doing "
-                  "`transaction.begin()`/`commit()`), median ratio: %s." % ", ".join(txn))
-        if metric in REDIS_PROGRESS_FLOOR:
-            vals, _ = _series(results, "floor", REDIS_PROGRESS_FLOOR[metric], metric, "cost")
-            if vals:
-                w("| *raw redis-py floor* | %s | %s | 1.00× | | | | |" % (_fmt(median(vals)), _fmt(min(vals))))
+            w("| %s | %s | %s | %s | %s | %s | %s |" % (
+                row, clock, _fmt(_med(results, "request", row, clock + "_plain_us")),
+                _fmt(_med(results, "request", row, clock + "_queue_us")),
+                _fmt(_added(results, row, clock)),
+                _pct(_med(results, "request", row, clock + "_share")),
+                ", ".join(_pct(r["metrics"][clock + "_share"]) for r in runs)))
+    w("")
+
+    if results.get("parts"):
+        w("## Where the time goes inside the request\n")
+        w("µs added to the same `/plain` request by each piece, measured in one process per "
+          "round with every piece interleaved in a shuffled order (median per round, median "
+          "of rounds). See bench/NOTES.md for what it means.\n")
+        w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
+        w("|---|---|---|---|---|")
+        for key, label in PARTS:
+            cells = [_med(results, "parts", row, "%s_%s_us" % (clock, key))
+                     for clock in ("webtest", "body") for row in ("baseline", "current")]
+            w("| %s (`%s`) | %s |" % (label, key, " | ".join(_fmt(c) for c in cells)))
+        w("| *the plain request itself* | %s |" % " | ".join(
+            _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
+            for clock in ("webtest", "body") for row in ("baseline", "current")))
         w("")
 
-    # ---- Redis round trips
-    redis_rows = [r for r in rows if _is_redis(r)]
-    if redis_rows:
+    if results.get("cpu"):
+        w("CPU cost of the pieces on the caller's thread, outside a request, worker parked "
+          "(bench/profile_perform.py: min of 7 timeit loops, µs):\n")
+        w("| piece | baseline | current |")
+        w("|---|---|---|")
+        keys = []
+        for row in ("baseline", "current"):
+            for r in _runs(results, "cpu", row):
+                keys += [k for k in r["metrics"] if k not in keys]
+        for k in keys:
+            w("| %s | %s |" % (k, " | ".join(_fmt(_med(results, "cpu", row, k))
+                                           for row in ("baseline", "current"))))
+        w("")
+
+    # ------------------------------------------------------------------ database
+    w("## End to end: jobs inserting one row through the app's DBSession\n")
+    w("The bench app with SQLAlchemy and the transaction manager; a job is "
+      "`DBSession.add(Row(name=...))`, run by the library in its own transaction; jobs are "
+      "queued from the main thread with `queue.perform(fn, args, kwargs)`, one worker; the "
+      "clock stops when a sentinel queued last has run. The **floor** is the same insert "
+      "done in one thread by hand: `transaction.begin()`, the insert, "
+      "`transaction.commit()`. Floor and jobs alternate in the same process (5 pairs of "
+      "%d jobs), so the ratio (jobs' rate / floor's rate) is taken per pair; median shown. "
+      "The `nosync` variants take the disk's fsync out, leaving the CPU cost.\n"
+      % max(1, settings["db_jobs"] // 5))
+    w("| database | row | floor jobs/s | jobs/s | ratio (≥ 0.8) | ratios per pair |")
+    w("|---|---|---|---|---|---|")
+    for key, label in DB_KEYS:
+        for row in VERSIONS:
+            runs = _runs(results, "db:" + key, row)
+            if not runs:
+                continue
+            ratio = _med(results, "db:" + key, row, "ratio")
+            w("| %s | %s | %s | %s | %s%s | %s |" % (
+                label, row, _fmt(_med(results, "db:" + key, row, "floor_jobs_s")),
+                _fmt(_med(results, "db:" + key, row, "jobs_s")), _fmt(ratio),
+                _mark(ratio >= 0.8) if row == "current" else "",
+                " ".join(_fmt(x) for r in runs for x in r["metrics"]["ratios"])))
+    w("")
+
+    # ------------------------------------------------------------------ redis
+    if results.get("redis"):
         w("## Redis round trips\n")
-        w("Counted for real, client side: every request the benchmark process writes to "
-          "a Redis socket goes through `redis.connection.AbstractConnection.send_packed_command` "
-          "once (a pipeline is one call) and waits for its reply; the harness wraps that "
-          "method and counts calls over 200 enqueues (worker parked), over 200 jobs end to end "
-          "(minus a sentinel-only run) and over 200 progress set / get calls. Cross-check, "
-          "server side: `INFO commandstats` delta (all commands except INFO) on the private "
-          "server, which only this benchmark uses (commands ≠ round trips when pipelined), "
-          "and `INFO stats` `total_reads_processed` delta (requests read from all clients, "
-          "i.e. round trips of every process; INFO's own reads removed). "
-          "`project-rq` runs its jobs in an RQ worker process, which the client-side "
-          "counter does not see: its round trips per job and per progress set are the "
-          "server-side requests read. A progress set may cost less than one round "
-          "trip when the tracker batches worker-side writes (write-behind), so its target is "
-          "shown as ≤ 1 (the brief: exactly 1, i.e. never more). Counting windows wait 50 ms "
-          "before and after, so background writes land inside the right window. Values are the "
-          "median over rounds (a range is shown "
-          "when rounds differed).\n")
-        hdr = ["row"] + ["%s%s" % (label, " (%s)" % t if t else "") for _, label, _, t in RT_METRICS]
-        w("| " + " | ".join(hdr) + " |")
-        w("|" + "---|" * len(hdr))
-        for row in redis_rows:
-            cells = [row]
-            for metric, label, pred, t in RT_METRICS:
-                src = OUT_OF_PROCESS.get(row, {}).get(metric, metric)
-                vals, _ = _series(results, row, src, src, "cost")
-                if not vals:
-                    cells.append("–")
-                    continue
-                m = median(vals)
-                lo, hi = _rt(min(vals)), _rt(max(vals))
-                txt = _rt(m) if lo == hi else "%s (%s–%s)" % (_rt(m), lo, hi)
-                cells.append(txt + ("" if pred is None else " " + _mark(pred(m))))
-            w("| " + " | ".join(cells) + " |")
-        fchk = [r.get("floor", {}).get("checks", {}).get("floor_redis_rt_set_get") for r in results["core"]]
-        fchk = [c for c in fchk if c]
-        if fchk:
-            w("\nCounter sanity check: raw redis-py SET / GET in the floor process counted "
-              "%s round trips per call." % " / ".join("%.2f" % v for v in fchk[0]))
+        w("Redis tracker, one worker thread, private redis-server. Client side: every "
+          "request redis-py writes to a socket (`send_packed_command`; a pipeline is one), "
+          "over 200 enqueues with the worker parked, 200 jobs end to end (minus a "
+          "sentinel-only run, the worker's write-behind included), 200 progress sets and "
+          "gets. Server side, as a cross-check: requests read and commands executed "
+          "(`INFO stats` / `commandstats`, on a server only this process uses).\n")
+        w("| row | per enqueue (≤ 1) | per job (≤ 1.5) | progress set (≤ 1) | progress get (≤ 1) "
+          "| server: requests / enqueue | server: requests / job | commands / enqueue | "
+          "commands / job |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for row in VERSIONS:
+            if not _runs(results, "redis", row):
+                continue
+            w("| %s | %s |" % (row, " | ".join(_rt(_med(results, "redis", row, m)) for m in (
+                "rt_enqueue", "rt_job", "rt_progress_set", "rt_progress_get", "srv_rt_enqueue",
+                "srv_rt_job", "cmd_enqueue", "cmd_job"))))
         w("")
 
-    # ---- pool
-    if any(results["pool"]):
-        w("## Pool: 16 threads vs 1 thread, 10 ms I/O-bound jobs (`time.sleep(0.01)`)\n")
-        w("jobs/s with 1 worker thread (%d jobs) and with 16 (%d jobs); speedup = "
-          "rate(16) / rate(1) of the same round; target ≥ %g×. The ideal is 16×; "
-          "each job sleeps slightly longer than 10 ms.\n"
-          % (pool_jobs[1], pool_jobs[16], POOL_TARGET))
-        w("| row | 1 thread jobs/s | 16 threads jobs/s | speedup median | speedup min | spread | met? |")
-        w("|---|---|---|---|---|---|---|")
-        prow = []
-        for rnd in results["pool"]:
-            for k in rnd:
-                r = k.split("|")[0]
-                if r not in prow:
-                    prow.append(r)
-        for row in prow:
-            one, six, sp = [], [], []
-            for rnd in results["pool"]:
-                a = rnd.get(row + "|1", {}).get("metrics", {}).get("sleep_jobs_s")
-                b = rnd.get(row + "|16", {}).get("metrics", {}).get("sleep_jobs_s")
-                if a and b:
-                    one.append(a)
-                    six.append(b)
-                    sp.append(b / a)
-            if not sp:
-                w("| %s | – | – | – | – | – | – |" % row)
-                continue
-            w("| %s | %.1f | %.1f | %.2f× | %.2f× | %.0f%% | %s |" % (
-                row, median(one), median(six), median(sp), min(sp), _spread(sp),
-                _mark(median(sp) >= POOL_TARGET) if row.startswith("project") else "–"))
-        w("\n`original-*` is absent: 0.3.1 has exactly one worker thread.\n")
-
-    # ---- facts and method
-    w("## Machine and software\n")
-    p, po = facts["packages"], facts["packages_original_venv"]
-    w("- CPU: %s, %d cores (`os.cpu_count()`), kernel %s" % (facts["cpu"], facts["cores"], facts["kernel"]))
-    w("- Python %s (project venv `.venv`), %s (`bench/.venv-original`)"
-      % (facts["python"], facts["python_original_venv"]))
-    w("- project venv: tgext.asyncjob %s (this checkout, git %s), TurboGears2 %s, transaction %s, redis-py %s, rq %s"
-      % (p["tgext.asyncjob"], facts["git"], p["TurboGears2"], p["transaction"], p["redis"], p["rq"]))
-    w("- original venv: tgext.asyncjob %s (sdist from the package index), TurboGears2 %s, transaction %s, redis-py %s"
-      % (po["tgext.asyncjob"], po["TurboGears2"], po["transaction"], po["redis"]))
-    mods = sorted({"%s → `%s`" % (row.split("-")[0], r["checks"]["tgext.asyncjob"])
-                   for rnd in results["core"] for row, r in rnd.items()
-                   if "tgext.asyncjob" in r.get("checks", {})})
-    if mods:
-        w("- tgext.asyncjob module actually imported: %s" % "; ".join(mods))
-    w("- Redis server %s" % facts["redis_server"])
-    w("- load average at start / end: %s / %s (other work on the machine adds noise; see the spreads)"
-      % (" ".join(facts["loadavg_start"]), " ".join(facts["loadavg_end"])))
-    w("- date: %s\n" % facts["date"])
-    w("## Method\n")
-    w("""- Each row of each round is a fresh subprocess (`bench/harness.py`); project rows run in
-  `.venv`, `original-*` rows in `bench/.venv-original` (same import name, so never in one process).
-  Row order is shuffled per round (fixed seeds) so no row always runs first.
-- CPU placement: every benchmark process calls `os.sched_setaffinity(0, {%(cpu)d})` before it
-  starts any thread, so the caller and all worker threads of every row share CPU %(cpu)d; the
-  private redis-server is pinned to the other CPU.
-- GC: default thresholds, enabled; `gc.collect()` before each timed phase and `gc.freeze()`
-  after warm-up (500 no-op jobs). `PYTHONHASHSEED=0`.
-- One worker thread everywhere except the pool test. Jobs are the same module-level no-op function.
-- **enqueue cost**: the worker is parked inside a blocking job, then %(jobs)d enqueues are timed in
-  the caller (`asyncjob_perform(noop)` for this project and 0.3.1, `queue.put` for the floor,
-  `executor.submit` for ThreadPoolExecutor).
-- **enqueue via queue.perform()**: the same, calling the queue object's `perform(fn, args, kwargs)`
-  directly (`app_globals.asyncjob_queue.perform` in 0.3.1, the `JobQueue` returned by
-  `start_async_worker` here): the cost without `asyncjob_perform`'s lookup of the current
-  queue. For this project, `asyncjob_perform` runs outside any request/TG context (no TG
-  context pushed); for 0.3.1 a TG context is pushed, since its lookup needs one.
-- **drain**: that backlog of %(jobs)d jobs is released; time until a final sentinel job has run.
-- **end to end**: %(jobs)d enqueues with the worker live, clock stops when a sentinel job after them
-  has run. Each job runs in its own `transaction` transaction in this project, in 0.3.1 and in
-  `floor+txn` (same worker thread doing `transaction.begin()` / `commit()` around the call);
-  the bare floor and ThreadPoolExecutor run no transaction. The ratio is always to the bare floor.
-- **latency**: %(latency_samples)d single jobs into an idle worker (1 ms pause between them);
-  time from just before the enqueue call to the first line of the job.
-- **progress**: %(progress_calls)d (Redis rows: %(redis_progress_calls)d) `asyncjob_set_progress(i, "step")`
-  calls timed inside a running job, then as many `asyncjob_get_progress(job_id)` calls from the
-  caller while that job is still running. In-memory rows: best of 5 such loops (a call is
-  ~1 µs, so one preemption would skew a loop); Redis rows: one loop.
-  Floor: a dict guarded by a `threading.Lock`; Redis floor: raw redis-py `SET`/`GET` of the JSON value.
-- **project-rq**: `start_async_worker(..., backend="rq")` in the benchmark process, which
-  only enqueues; one worker process `python -m tgext.asyncjob.rqworker --app rqjobs:make_app
-  --simple` (RQ SimpleWorker: no fork per job) runs the jobs, pinned to the same CPU. Its jobs
-  (bench/rqjobs.py) signal through Redis lists and stamp `time.perf_counter()` (CLOCK_MONOTONIC,
-  comparable across processes). Being ~200 jobs/s, it uses 500 jobs and 200 latency samples.
-- 0.3.1 is driven through its public API: a minimal TG app is built with
-  `tg.MinimalApplicationConfigurator` and a TG context holding its `app_globals` is pushed on the
-  caller thread, so `asyncjob_perform` (which reads `tg.app_globals.asyncjob_queue`) works outside a request.
-- Targets are judged on the median ratio over rounds; min and spread show how stable it was.
-""" % settings)
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
-    if os.path.exists(notes):  # prose kept apart from the code that draws the tables
-        with open(notes) as f:
-            out.append("\n" + f.read())
+    # ------------------------------------------------------------------ durable
+    if results.get("durable"):
+        _durable(w, results, settings)
     return "\n".join(out) + "\n"
 
 
+def _durable(w, results, settings):
+    g = lambda row, m, s="durable": _med(results, s, row, m)  # noqa: E731
+    w("## Issue 12: durable queues in the database\n")
+    w("Same PostgreSQL, %d no-op jobs queued in one transaction before the workers start, "
+      "then 4 workers in one process; jobs/s from their start until the last job ran. "
+      "Latency: one job at a time into idle workers, %d samples, enqueue-to-start. "
+      "Enqueue cost inside a transaction: begin, the request's own `SELECT 1`, the timed "
+      "enqueue, commit (median of 200), first with no worker running, then (`live`) with "
+      "the 4 workers idle in the same process. Round trips: counted by a TCP proxy "
+      "(bench/rtproxy.py) in a separate process, each time the client speaks again after "
+      "the server answered.\n" % (settings["durable_jobs"], settings["latency_samples"]))
+    w("- **floor**: a bare claim loop by hand (psycopg): INSERT + `pg_notify` in one "
+      "statement, LISTEN in one thread, 4 threads `UPDATE .. WHERE id = (SELECT .. FOR "
+      "UPDATE SKIP LOCKED LIMIT 1) RETURNING`, run, mark done (autocommit).")
+    w("- **procrastinate**: `App(PsycopgConnector)`, one worker `concurrency=4` (sync tasks "
+      "on its thread pool), LISTEN/NOTIFY on; its enqueue is `task.defer()` on its own "
+      "pooled connection: it cannot join the caller's transaction (only its Django "
+      "integration can), so its in-transaction figure is a defer beside the transaction.")
+    w("- **sqlalchemy**: this tree's backend in the bench TG app (`in_process = false`, "
+      "then `backend.work(threads=4)` in this process); the enqueue goes through the app's "
+      "DBSession inside `transaction.manager`.\n")
+    floor, proc = g("floor-pg", "jobs_s"), g("procrastinate-pg", "jobs_s")
+    w("| PostgreSQL | jobs/s | / floor (≥ 0.7) | / procrastinate (≥ 1) | enqueue in txn µs | "
+      "live µs | round trips / enqueue (1) | round trips / job (workers) | latency p50 ms (≤ 5) "
+      "| p99 ms |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg"):
+        rate = g(row, "jobs_s")
+        if rate is None and not _runs(results, "durable-rt", row):
+            continue
+        ours = row == "sqlalchemy-pg"
+        rf = rate / floor if rate and floor else None
+        rp = rate / proc if rate and proc else None
+        rt = g(row, "enqueue_txn_rt", "durable-rt")
+        p50 = g(row, "latency_p50_ms")
+        w("| %s | %s | %s%s | %s%s | %s | %s | %s%s | %s | %s%s | %s |" % (
+            row.replace("-pg", ""), _fmt(rate), _fmt(rf), _mark(rf >= 0.7) if ours and rf else "",
+            _fmt(rp), _mark(rp >= 1) if ours and rp else "", _fmt(g(row, "enqueue_txn_us")),
+            _fmt(g(row, "enqueue_txn_live_us")), _rt(rt), _mark(rt <= 1) if ours and rt else "",
+            _rt(g(row, "job_rt", "durable-rt")),
+            _fmt(p50), _mark(p50 <= 5) if ours and p50 else "", _fmt(g(row, "latency_p99_ms"))))
+    w("")
+    w("| SQLite file (for scale) | jobs/s | enqueue in txn µs | live µs | latency p50 ms | p99 ms |")
+    w("|---|---|---|---|---|---|")
+    for row in ("sqlalchemy-sqlite", "threads-sqlite"):
+        if g(row, "jobs_s") is None:
+            continue
+        w("| %s | %s |" % (row.replace("-sqlite", ""), " | ".join(_fmt(g(row, m)) for m in (
+            "jobs_s", "enqueue_txn_us", "enqueue_txn_live_us", "latency_p50_ms",
+            "latency_p99_ms"))))
+    w("\nThe threads backend keeps jobs in memory (no database: nothing durable); it is "
+      "there to show what the database costs.\n")
+
+
 if __name__ == "__main__":
-    raw = sys.argv[1]
-    with open(raw) as f:
-        d = json.load(f)
-    with open(os.path.splitext(raw)[0] + ".md", "w") as f:
-        f.write(render(d["results"], d["facts"], d["settings"], d["command"]))
+    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "RESULTS.json")
+    with open(path) as f:
+        data = json.load(f)
+    md = os.path.splitext(path)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(render(data["results"], data["facts"], data["settings"], data["command"]))
+    print("wrote", md)
