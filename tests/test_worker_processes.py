@@ -196,6 +196,9 @@ def test_rq_backend_runs_an_rq_worker(command, sqlite_db_url, redis_client, redi
     try:
         web = app.web()
         jobid = get_json(web.url, "queue", key="by-rq")["jobid"]
+        threads = app.procs.start("worker", COMMANDS[command](app.ini()) + ["--threads", "2"])
+        assert threads.wait_exit() == 2
+        assert "one job at a time per worker process" in threads.output()
         proc = app.procs.start("worker", COMMANDS[command](app.ini()) + ["--burst"])
         assert proc.wait_exit() == 0, proc.tail()
         assert app.runs() == {"by-rq": 1}
