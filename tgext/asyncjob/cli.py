@@ -241,7 +241,8 @@ def run_worker(options: argparse.Namespace) -> int:
     stopper = GracefulStop(queue)
     stopper.install()
     log.info('tgext.asyncjob worker (pid %d, %s backend): %d thread(s), queues %s%s',
-             os.getpid(), name, options.threads, ', '.join(options.queues) or 'all',
+             os.getpid(), name, options.threads,
+             ', '.join(options.queues) or "the application's",
              ', burst' if options.burst else '')
     try:
         _work(queue.backend, threads=options.threads, burst=options.burst,
@@ -289,8 +290,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, config_option: bool = 
     parser.add_argument('--burst', action='store_true',
                         help='exit when no job is left to run')
     parser.add_argument('--queue', dest='queues', action='append', default=[],
-                        metavar='NAME', help='run only the jobs of this queue (repeatable; '
-                        'default all of the application)')
+                        metavar='NAME', help='run the jobs of this queue (repeatable; default '
+                        "the application's: asyncjob.backend.queue_name)")
 
 
 @dataclass(frozen=True)
