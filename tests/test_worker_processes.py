@@ -10,6 +10,7 @@ and SIGKILLed at teardown if still running.
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 import uuid
 
@@ -94,9 +95,14 @@ def pg(postgres_db_url, tmp_path):
 
 @pytest.fixture
 def mariadb(tmp_path):
-    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``), its tables emptied."""
-    engine = sa.create_engine(MARIADB_URL, poolclass=sa.pool.NullPool)
+    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``; the database is
+    created if missing), its tables dropped first."""
+    url = sa.engine.make_url(MARIADB_URL)
+    server = sa.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
+        with server.begin() as conn:
+            conn.execute(sa.text("CREATE DATABASE IF NOT EXISTS `%s`" % url.database))
         with engine.begin() as conn:
             meta = sa.MetaData()
             meta.reflect(conn)
@@ -105,6 +111,7 @@ def mariadb(tmp_path):
         pytest.fail("MariaDB is not reachable at %s (set ASYNCJOB_TEST_MARIADB_URL): %s"
                     % (MARIADB_URL, exc), pytrace=False)
     finally:
+        server.dispose()
         engine.dispose()
     app = SqlApp(MARIADB_URL, tmp_path)
     try:
@@ -128,7 +135,7 @@ def wait_state(web, jobid, state, timeout=30):
 
 COMMANDS = {
     "python -m": lambda ini: ["python", "-m", "tgext.asyncjob", "worker", ini],
-    "gearbox": lambda ini: [os.path.join(os.path.dirname(processes.sys.executable), "gearbox"),
+    "gearbox": lambda ini: [os.path.join(os.path.dirname(sys.executable), "gearbox"),
                             "asyncjob-worker", "-c", ini],
 }
 
