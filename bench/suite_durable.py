@@ -8,7 +8,8 @@ Rows (``cfg["row"]``):
   ``UPDATE .. WHERE id = (SELECT .. FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING``, run
   the job, ``UPDATE .. SET state = 'done'`` (autocommit: one round trip each);
 * ``procrastinate-pg``: procrastinate from PyPI (its own virtualenv), one worker
-  with ``concurrency=4`` (sync tasks run on its thread pool), LISTEN/NOTIFY on;
+  with ``concurrency=4`` (sync tasks run on its thread pool), LISTEN/NOTIFY on; the
+  caller defers through a second App on ``SyncPsycopgConnector``;
 * ``sqlalchemy-pg`` / ``sqlalchemy-sqlite``: this tree's sqlalchemy backend in a
   TurboGears app (tgapp.py), ``backend.work(threads=4)`` in this process;
 * ``threads-sqlite``: the threads backend, 4 threads, memory tracker (no database:
@@ -131,9 +132,18 @@ class Procrastinate:
             c.execute("DROP SCHEMA public CASCADE")
             c.execute("CREATE SCHEMA public")
         self.dsn = _pg(cfg, db, port)
-        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=self.dsn))
+        # Two Apps, as a sync web process and a worker have (procrastinate's advice):
+        # the caller defers through SyncPsycopgConnector; the worker runs on the async
+        # PsycopgConnector in its event loop. (One async App used from sync code sends
+        # every defer through asgiref's async_to_sync: ~10 ms each.)
+        self.app = procrastinate.App(
+            connector=procrastinate.SyncPsycopgConnector(conninfo=self.dsn))
+        self.worker_app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=self.dsn))
         self.tasks = {name: self.app.task(name=name)(getattr(durablejobs, name))
                       for name in ("tick", "stamp", "noop")}
+        for name in self.tasks:
+            self.worker_app.task(name=name)(getattr(durablejobs, name))
         self.app.open()
         if port is None:
             self.app.schema_manager.apply_schema()
@@ -156,8 +166,8 @@ class Procrastinate:
         import asyncio
 
         async def work():
-            async with self.app.open_async():
-                await self.app.run_worker_async(concurrency=THREADS, wait=True,
+            async with self.worker_app.open_async():
+                await self.worker_app.run_worker_async(concurrency=THREADS, wait=True,
                                                 install_signal_handlers=False,
                                                 listen_notify=True)
 
