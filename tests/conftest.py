@@ -272,8 +272,8 @@ def started(monkeypatch):
     """``started(tracker=None, **options)`` starts a queue on fresh globals, found only
     through ``start_async_worker``'s default (an application built by an earlier test
     stays the process configuration otherwise); all stopped after."""
-    from tgext.asyncjob import start_async_worker, tgwiring
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    from tgext.asyncjob import locate, start_async_worker
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
     queues = []
 
     def start(tracker=None, **options):

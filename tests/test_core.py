@@ -135,9 +135,9 @@ def test_a_job_can_queue_another_job(queue):
 
 
 def test_perform_without_a_worker_raises_a_clear_error(monkeypatch):
-    from tgext.asyncjob import tgwiring
-    monkeypatch.setattr(tgwiring, '_default_queue', None)
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    from tgext.asyncjob import locate
+    monkeypatch.setattr(locate, '_last_started', None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
     with pytest.raises(asyncjob.NoWorkerError, match='start_async_worker'):
         asyncjob_perform(print)
 
@@ -205,8 +205,8 @@ def test_memory_tracker_is_the_default(queue):
 
 
 def test_start_async_worker_in_a_script_needs_no_globals(monkeypatch):
-    from tgext.asyncjob import tgwiring
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    from tgext.asyncjob import locate, tgwiring
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
     monkeypatch.setattr(tgwiring, 'SCRIPT_GLOBALS', SimpleNamespace())
     q = start_async_worker()
     try:

@@ -11,6 +11,10 @@ from services import free_port, wait_for
 
 STARTUP_TIMEOUT = 30
 STOP_TIMEOUT = 15
+# Runs the command given after it with SIGINT ignored, as a shell script's background
+# job (or a test runner started that way) is: exec keeps the disposition and the pid.
+SIGINT_IGNORED = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def _get(url):
@@ -21,12 +25,14 @@ def _get(url):
         return None
 
 
-def run_demo(extra_args, stop_signal):
+def run_demo(extra_args, stop_signal, sigint_ignored=False):
     """Start the demo CLI, wait for its index page, stop it with ``stop_signal``.
     Returns (status, body, output, port, returncode)."""
     port = free_port()
+    wrapper = [sys.executable, "-c", SIGINT_IGNORED] if sigint_ignored else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tgext.asyncjob.demo", "--port", str(port), *extra_args],
+        [*wrapper, sys.executable, "-m", "tgext.asyncjob.demo", "--port", str(port),
+         *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -62,4 +68,13 @@ def test_demo_cli_ctrl_c():
     assert status == 200
     assert returncode == 0, output
     assert "Traceback" not in output
+    assert "stopped" in output
+
+
+def test_demo_cli_ctrl_c_when_started_with_sigint_ignored():
+    """The demo inherits an ignored SIGINT from whoever started it (the test runner,
+    a script): Ctrl-C must stop it all the same."""
+    status, _, output, _, returncode = run_demo([], signal.SIGINT, sigint_ignored=True)
+    assert status == 200
+    assert returncode == 0, output
     assert "stopped" in output

@@ -13,7 +13,7 @@ from transaction.interfaces import TransientError
 
 from tgext.asyncjob import (TrackerUnavailable, asyncjob_get_progress, asyncjob_get_status,
                             asyncjob_perform, asyncjob_set_progress, start_async_worker,
-                            tgwiring)
+                            locate)
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 from jobhelpers import Gate, wait_finished
@@ -27,7 +27,7 @@ JOB = '0123456789abcdef0123456789abcdef'
 @pytest.fixture
 def isolated(monkeypatch):
     """Outside a request, find queues only through ``start_async_worker``'s default."""
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
 
 
 class Finished:
@@ -187,6 +187,44 @@ def test_database_connection_killed_mid_job_fails_that_job_only(make_app, postgr
         assert q.backend.threads[0] is thread and thread.is_alive()
     finally:
         admin.dispose()
+
+
+def pooled_backend(barrier):
+    """Hold a pooled connection until every worker holds one: the pool fills up."""
+    pid = db_session().execute(text('SELECT pg_backend_pid()')).scalar()
+    barrier.wait(30)
+    return pid
+
+
+def test_jobs_survive_the_server_dropping_idle_pooled_connections(make_app, postgres_db_url,
+                                                                  postgres_url, caplog):
+    app = make_app(postgres_db_url, extra_config={'asyncjob.workers': '4'})
+    q = app.app_globals.asyncjob_queue
+    barrier = threading.Barrier(4)
+    held = [q.perform(pooled_backend, (barrier,)) for _ in range(4)]
+    pids = {wait_finished(q, i).result for i in held}
+    assert len(pids) == 4  # four idle connections now wait in the pool
+    admin = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.connect() as conn:  # what a server's idle timeout or a failover does
+            for pid in pids:
+                assert conn.execute(text('SELECT pg_terminate_backend(:p)'), {'p': pid}).scalar()
+
+        def backends_gone():
+            with admin.connect() as conn:
+                return not conn.execute(text(
+                    'SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)'),
+                    {'p': list(pids)}).scalar()
+
+        wait_for(backends_gone, message='backends still alive')
+    finally:
+        admin.dispose()
+    with caplog.at_level(logging.WARNING, logger='tgext.asyncjob'):
+        innocent = [q.perform(add, (f'row {i:02}',)) for i in range(20)]
+        states = [wait_finished(q, i).state.value for i in innocent]
+    assert states == ['succeeded'] * 20
+    assert names(app) == [f'row {i:02}' for i in range(20)]
+    assert any('closed before the job' in r.getMessage() for r in caplog.records)
 
 
 def bump(name, barrier):

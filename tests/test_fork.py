@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy
 
-from tgext.asyncjob import start_async_worker, tgwiring
+from tgext.asyncjob import locate, start_async_worker
 
 from jobhelpers import Gate, wait_finished
 from services import free_port, wait_for
@@ -65,7 +65,7 @@ def read_marks(path):
 # warns about it in general).
 @pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
 def test_plain_fork_child_runs_its_own_jobs_and_not_the_parents(tmp_path, monkeypatch):
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
     marks = str(tmp_path / 'marks')
     q = start_async_worker(SimpleNamespace(), workers=1)
     gate = Gate()

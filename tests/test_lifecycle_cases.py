@@ -21,7 +21,7 @@ import transaction
 
 import tgext.asyncjob
 from tgext.asyncjob import (JobFailed, JobQueue, QueueStopped, Retry, asyncjob_options,
-                            start_async_worker, tgwiring)
+                            locate, start_async_worker)
 from tgext.asyncjob.job import Job
 from tgext.asyncjob.scheduler import Scheduler
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
@@ -353,7 +353,7 @@ def test_case17_and_20_bad_queue_settings_fail_at_construction(options):
 
 
 def test_case17_a_bad_stop_timeout_fails_when_the_app_starts(monkeypatch):
-    monkeypatch.setattr(tgwiring, '_current_conf', lambda: None)
+    monkeypatch.setattr(locate, 'current_conf', lambda: None)
     with pytest.raises(ValueError, match='stop_timeout'):
         start_async_worker(SimpleNamespace(), stop_timeout=float('nan'))
 

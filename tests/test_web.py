@@ -1,6 +1,9 @@
 """The web layer (tgext.asyncjob.web) through WebTest: the JSON status endpoint, the
 progress page, the job list and its access rule, static files, mounting, and the demo."""
 
+import json
+import logging
+import math
 import threading
 
 import pytest
@@ -10,10 +13,10 @@ from markupsafe import Markup
 from services import wait_for
 from sampleapp.controllers.root import RootController
 
-from tgext.asyncjob import JobState, JobStatus
+from tgext.asyncjob import JobState, JobStatus, asyncjob_set_progress
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
-from tgext.asyncjob.web import (AsyncJobController, mount, mount_from_config, percent_of,
-                                progress_snippet)
+from tgext.asyncjob.web import (HIDDEN_ERROR, AsyncJobController, mount, mount_from_config,
+                                percent_of, progress_snippet)
 
 JOB_TIMEOUT = 10
 
@@ -54,7 +57,14 @@ def finished(app, jobid):
 
 
 def status_json(app, jobid, status=200):
-    return app.get("/asyncjob/status/%s.json" % jobid, status=status).json
+    return strict_json(app.get("/asyncjob/status/%s.json" % jobid, status=status).text)
+
+
+def strict_json(text):
+    """``json.loads`` that refuses what RFC 8259 does not allow (NaN, Infinity)."""
+    def refuse(constant):
+        raise ValueError("non-standard JSON constant %s" % constant)
+    return json.loads(text, parse_constant=refuse)
 
 
 def boom():
@@ -112,22 +122,23 @@ def test_status_not_found_is_404_with_json(web_app):
     assert body["id"] == "0" * 32
 
 
-def test_status_failed_hides_traceback_by_default(web_app):
+def test_status_failed_hides_message_and_traceback_by_default(web_app):
     app = web_app()
     jobid = queue_of(app).perform(boom)
     finished(app, jobid)
-    body = status_json(app, jobid)
+    response = app.get("/asyncjob/status/%s.json" % jobid)
+    body = strict_json(response.text)
     assert body["state"] == "failed"
-    assert body["error"]["type"] == "ValueError"
-    assert body["error"]["message"] == "it went wrong <on purpose>"
-    assert "traceback" not in body["error"]
+    assert body["error"] == {"type": "ValueError", "message": HIDDEN_ERROR, "public": False}
+    assert "went wrong" not in response.text
 
 
-def test_status_failed_shows_traceback_in_debug(web_app):
+def test_status_failed_shows_message_and_traceback_in_debug(web_app):
     app = web_app(debug=True)
     jobid = queue_of(app).perform(boom)
     finished(app, jobid)
     error = status_json(app, jobid)["error"]
+    assert error["message"] == "it went wrong <on purpose>"
     assert "Traceback (most recent call last)" in error["traceback"]
     assert "ValueError: it went wrong" in error["traceback"]
 
@@ -143,20 +154,29 @@ def test_traceback_rule(web_app, rule, debug, shown):
     app = web_app(debug=debug, **{"asyncjob.show_tracebacks": rule})
     jobid = queue_of(app).perform(boom)
     finished(app, jobid)
-    assert ("traceback" in status_json(app, jobid)["error"]) is shown
+    error = status_json(app, jobid)["error"]
+    assert ("traceback" in error) is shown
+    assert (error["message"] == "it went wrong <on purpose>") is shown
 
 
-def test_status_cancelled(web_app, gate):
-    app = web_app()
+def occupy_worker(app, gate):
+    """Queue a job that holds the (only) worker until ``gate`` opens; return its id
+    once it runs, so that the next job stays queued."""
     started = threading.Event()
 
     def blocker():
         started.set()
         gate.wait(JOB_TIMEOUT)
 
-    first = queue_of(app).perform(blocker)
-    victim = queue_of(app).perform(lambda: "never")
+    jobid = queue_of(app).perform(blocker)
     assert started.wait(JOB_TIMEOUT)
+    return jobid
+
+
+def test_status_cancelled(web_app, gate):
+    app = web_app()
+    first = occupy_worker(app, gate)
+    victim = queue_of(app).perform(lambda: "never")
     assert queue_of(app).cancel(victim)
     body = status_json(app, victim)
     assert body["state"] == "cancelled"
@@ -211,7 +231,7 @@ def test_tracker_outage_is_503(web_app, redis_server):
 # ------------------------------------------------------------ progress page
 
 def test_progress_page(web_app):
-    app = web_app()
+    app = web_app(**{"asyncjob.show_tracebacks": True})
     jobid = queue_of(app).perform(boom)
     finished(app, jobid)
     page = app.get("/asyncjob/progress/%s" % jobid)
@@ -223,23 +243,226 @@ def test_progress_page(web_app):
     assert page.html.select_one('link[href="/asyncjob/static/asyncjob.css"]') is not None
     bar = page.html.select_one('[role="progressbar"]')
     assert bar["aria-valuemin"] == "0" and bar["aria-valuemax"] == "100"
-    # Server-rendered final state, escaped; no traceback outside debug.
+    # Server-rendered final state, escaped.
     assert page.html.select_one(".asyncjob-state").text == "Failed"
-    assert "it went wrong <on purpose>" in page.html.select_one(".asyncjob-error").text
+    assert page.html.select_one(".asyncjob-error").text == \
+        "ValueError: it went wrong <on purpose>"
     assert "<on purpose>" not in page.text
+    assert "in boom" in page.html.select_one(".asyncjob-traceback pre").text
+
+
+def test_progress_page_hides_the_message_by_default(web_app):
+    app = web_app()
+    jobid = queue_of(app).perform(boom)
+    finished(app, jobid)
+    page = app.get("/asyncjob/progress/%s" % jobid)
+    assert page.html.select_one(".asyncjob-error").text == "ValueError: " + HIDDEN_ERROR
     assert page.html.select_one(".asyncjob-traceback").has_attr("hidden")
+    assert "went wrong" not in page.text
 
 
 def test_progress_page_of_unknown_job_is_404(web_app):
     app = web_app()
-    page = app.get("/asyncjob/progress/nosuchjob", status=404)
+    page = app.get("/asyncjob/progress/%s" % ("0" * 32), status=404)
     assert page.html.select_one("[data-asyncjob-status]")["data-state"] == "not_found"
 
 
-def test_progress_page_escapes_the_id(web_app):
+@pytest.mark.parametrize("bad", [
+    "nosuchjob", "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "0" * 31, "0" * 33, "A" * 32,
+    "%s%%2F..%%2F..%%2Fevil%%2Fprogress%%2F%s" % ("0" * 32, "1" * 32),
+    "..%2F..%2Fevil%2Fprogress%2F" + "1" * 32,
+])
+def test_anything_but_a_job_id_is_404_before_rendering(web_app, bad):
+    """An id holding %2F..%2F made the page's script URL follow the request path to
+    another same-origin script; nothing that is not a job id gets a page now."""
     app = web_app()
-    page = app.get("/asyncjob/progress/%3Cscript%3Ealert(1)%3C%2Fscript%3E", status=404)
-    assert "<script>alert(1)" not in page.text
+    page = app.get("/asyncjob/progress/" + bad, status=404)
+    assert page.content_type == "text/plain"
+    assert "<" not in page.text and "evil" not in page.text
+    answer = app.get("/asyncjob/status/%s.json" % bad, status=404)
+    assert strict_json(answer.text) == {"id": None, "state": "not_found", "detail": ""}
+
+
+class NestedRoot(RootController):
+    """The job pages two levels down, where no request path of theirs says so."""
+
+    class admin(object):
+        jobs = AsyncJobController()
+
+    admin = admin()
+
+
+def test_asset_urls_come_from_the_mount_point(make_app, sqlite_db_url):
+    app = make_app(sqlite_db_url, root=NestedRoot)
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    for environ in ({}, {"SCRIPT_NAME": "/prefix"}):
+        base = environ.get("SCRIPT_NAME", "") + "/admin/jobs"
+        page = app.get("/admin/jobs/progress/%s" % jobid, extra_environ=environ)
+        assert page.html.select_one("script")["src"] == base + "/static/asyncjob.js"
+        assert page.html.select_one("link")["href"] == base + "/static/asyncjob.css"
+        assert page.html.select_one("[data-asyncjob-status]")["data-asyncjob-status"] == \
+            "%s/status/%s.json" % (base, jobid)
+    app.get("/admin/jobs/status/%s.json" % jobid)
+    app.get("/admin/jobs/static/asyncjob.js")
+
+
+# ------------------------------------------------------------ any data, standard JSON
+
+class Unrepresentable(object):
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+def circular():
+    data = {"name": "loop"}
+    data["self"] = data
+    return data
+
+
+@pytest.mark.parametrize("result", [
+    float("nan"), float("inf"), {"ratio": float("-inf")}, {(1, 2): "tuple key"},
+    circular(), [threading.Lock()], Unrepresentable(), "lone \ud800 surrogate",
+], ids=["nan", "inf", "-inf", "tuple-key", "circular", "lock", "bad-repr", "surrogate"])
+def test_status_json_is_standard_json_whatever_the_result(web_app, result):
+    app = web_app(debug=True)
+    jobid = queue_of(app).perform(lambda: result)
+    assert finished(app, jobid).state is JobState.SUCCEEDED
+    body = status_json(app, jobid)
+    assert body["state"] == "succeeded" and body["percent"] == 100
+    app.get("/asyncjob/progress/%s" % jobid)
+    listing = strict_json(app.get("/asyncjob/jobs.json").text)
+    assert listing["jobs"][0]["id"] == jobid
+    assert app.get("/asyncjob/jobs").html.select_one("tbody tr")["data-state"] == "succeeded"
+
+
+@pytest.mark.parametrize("tracker", ["memory", "redis"])
+@pytest.mark.parametrize("data", [
+    {"done": float("inf"), "total": 1}, {"done": 1, "total": float("nan")},
+    {"done": 1e308, "total": 1e-308}, {"done": float("nan"), "total": 2, "message": "odd"},
+])
+def test_status_json_of_odd_progress_data(web_app, gate, request, tracker, data):
+    plug_options = {}
+    if tracker == "redis":
+        request.getfixturevalue("redis_client")
+        plug_options["progress_tracker"] = RedisProgressTracker(
+            url=request.getfixturevalue("redis_url"))
+    app = web_app(plug_options=plug_options)
+    reported = threading.Event()
+
+    def job():
+        asyncjob_set_progress(40, data)
+        reported.set()
+        gate.wait(JOB_TIMEOUT)
+
+    jobid = queue_of(app).perform(job)
+    assert reported.wait(JOB_TIMEOUT)
+    wait_for(lambda: status_json(app, jobid)["state"] == "running", JOB_TIMEOUT)
+    body = status_json(app, jobid)
+    assert body["percent"] == 40  # no usable done/total: the progress value
+    assert set(body["data"]) == set(data)
+    assert all(isinstance(v, str) or math.isfinite(v) for v in body["data"].values())
+    page = app.get("/asyncjob/progress/%s" % jobid)
+    assert page.html.select_one(".asyncjob-percent").text == "40%"
+    gate.set()
+    finished(app, jobid)
+
+
+# ------------------------------------------------------------ error messages
+
+def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_db_url):
+    """A SQLAlchemy IntegrityError's message holds the SQL and its bound parameters."""
+    from sampleapp import model
+    from sampleapp.controllers.root import db_session
+
+    app = make_app(postgres_db_url, root=WebRoot,
+                   extra_config={"asyncjob.jobs_access": True})
+
+    def duplicate():
+        db_session().add(model.Group(group_name="s3cr3t-token", display_name="hunter2"))
+        db_session().add(model.Group(group_name="s3cr3t-token", display_name="hunter2"))
+        db_session().flush()
+
+    jobid = queue_of(app).perform(duplicate)
+    status = finished(app, jobid)
+    assert status.error.type == "IntegrityError"
+    assert "s3cr3t-token" in status.error.message and "INSERT" in status.error.message
+    for url in ("/asyncjob/status/%s.json" % jobid, "/asyncjob/progress/%s" % jobid,
+                "/asyncjob/jobs", "/asyncjob/jobs.json"):
+        text = app.get(url).text
+        assert "IntegrityError" in text, url
+        for secret in ("s3cr3t-token", "hunter2", "INSERT", "tg_group", "duplicate key"):
+            assert secret not in text, (url, secret)
+    assert status_json(app, jobid)["error"]["message"] == HIDDEN_ERROR
+
+
+def cannot_import():
+    from tgext.asyncjob.errors import JobFailed
+    raise JobFailed("The file is larger than 10 MB <sorry>.")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_job_failed_message_is_shown_to_anyone(web_app, debug):
+    """``JobFailed(message)``: a message meant for the user, shown where others are not."""
+    app = web_app(debug=debug, **{"asyncjob.jobs_access": True})
+    jobid = queue_of(app).perform(cannot_import)
+    assert finished(app, jobid).error.public is True
+    error = status_json(app, jobid)["error"]
+    assert (error["type"], error["message"], error["public"]) == (
+        "JobFailed", "The file is larger than 10 MB <sorry>.", True)
+    assert ("traceback" in error) is debug
+    page = app.get("/asyncjob/progress/%s" % jobid)
+    assert page.html.select_one(".asyncjob-error").text == \
+        "The file is larger than 10 MB <sorry>."
+    assert "The file is larger than 10 MB <sorry>." in \
+        app.get("/asyncjob/jobs").html.select_one("tbody tr").text
+
+
+# ------------------------------------------------------------ wording and the way back
+
+def test_queued_reads_queued_in_the_snippet_and_the_page(web_app, gate):
+    app = web_app()
+    first = occupy_worker(app, gate)
+    queued = queue_of(app).perform(lambda: None)
+    page = app.get("/asyncjob/progress/%s" % queued).html
+    snippet = webtest.TestResponse(progress_snippet(queued), content_type="text/html").html
+    for html in (page, snippet):
+        line = html.select_one(".asyncjob-line")
+        assert line.select_one(".asyncjob-percent").text == ""
+        assert line.text.strip() == "Queued"
+        assert not html.select_one("[role=progressbar]").has_attr("aria-valuenow")
+    gate.set()
+    finished(app, first)
+
+
+def back_link(app, jobid, **headers):
+    page = app.get("/asyncjob/progress/%s" % jobid, headers=headers)
+    link = page.html.select_one("a.asyncjob-back")
+    return link["href"], link.text
+
+
+def test_progress_page_links_back_to_the_application(web_app):
+    app = web_app()
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    assert back_link(app, jobid) == ("/", "Back to the application")
+    assert back_link(app, jobid, Referer="http://localhost/reports?year=2024#top") == \
+        ("http://localhost/reports?year=2024", "Back")
+    for foreign in ("http://evil.example/", "https://localhost/x", "javascript:alert(1)",
+                    "http://localhost/asyncjob/progress/%s" % jobid):
+        assert back_link(app, jobid, Referer=foreign) == ("/", "Back to the application")
+    page = app.get("/asyncjob/progress/%s" % jobid, extra_environ={"SCRIPT_NAME": "/app"})
+    assert page.html.select_one("a.asyncjob-back")["href"] == "/app/"
+
+
+def test_back_url_setting(web_app):
+    app = web_app(**{"asyncjob.back_url": "/dashboard"})
+    jobid = queue_of(app).perform(lambda: None)
+    finished(app, jobid)
+    assert back_link(app, jobid, Referer="http://localhost/reports") == \
+        ("/dashboard", "Back to the application")
+    page = app.get("/asyncjob/progress/%s" % jobid, extra_environ={"SCRIPT_NAME": "/app"})
+    assert page.html.select_one("a.asyncjob-back")["href"] == "/app/dashboard"
 
 
 def test_progress_snippet():
@@ -326,6 +549,22 @@ def test_jobs_access_predicate(web_app):
     assert "No jobs yet" in app.get("/asyncjob/jobs").text
 
 
+@pytest.mark.parametrize("key", ["asyncjob.jobs_access", "asyncjob.show_tracebacks"])
+def test_an_invalid_access_rule_fails_at_start(web_app, key):
+    with pytest.raises(ValueError, match=r"%s = 'yes please' is not valid: use true or false"
+                       % key.replace(".", r"\.")):
+        web_app(**{key: "yes please"})
+
+
+def test_an_invalid_access_rule_of_an_unplugged_app_denies(make_app, sqlite_db_url, caplog):
+    """Mounted by hand in an app that is not plugged, nothing runs at start: deny, say why."""
+    app = make_app(sqlite_db_url, enable="after", root=WebRoot,
+                   extra_config={"asyncjob.jobs_access": "yes please", "debug": True})
+    with caplog.at_level(logging.ERROR, logger="tgext.asyncjob"):
+        app.get("/asyncjob/jobs", status=403)
+    assert "asyncjob.jobs_access = 'yes please' is not valid" in caplog.text
+
+
 def test_jobs_page_without_listing_is_501(web_app):
     app = web_app(debug=True, plug_options={"progress_tracker": LegacyTracker()})
     app.get("/asyncjob/jobs", status=501)
@@ -373,9 +612,8 @@ def test_mount_rules():
     assert Root.asyncjob is controller
     assert mount(Root) is controller          # idempotent
     assert mount(WebRoot()) is WebRoot.asyncjob  # mounted by hand: left alone
-    Root.taken = object()
-    with pytest.raises(ValueError):
-        mount(Root, "taken")
+    taken = Root.taken = object()
+    assert mount(Root, "taken") is taken  # the app's own attribute: left alone (logged)
     assert mount_from_config({"asyncjob.mount": "false"}) is None
 
 

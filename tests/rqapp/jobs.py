@@ -37,6 +37,12 @@ def gate(name, redis_url, key):
     return write_row(name)
 
 
+def slow(name, seconds):
+    """Take ``seconds`` (longer than a worker's heartbeat TTL, say), then write a row."""
+    time.sleep(float(seconds))
+    return write_row(name)
+
+
 def stamp(name, redis_url, key, fails=0):
     """Record this attempt in Redis (RPUSH onto ``key``: when it started and the
     attempt number); the first ``fails`` attempts raise ``ValueError``, the next one
@@ -61,6 +67,41 @@ def die(name):
     write_row(name)
     tg.config["DBSession"].flush()
     os.kill(os.getpid(), 9)
+
+
+def until_cancelled(name, redis_url, key):
+    """Report progress, then poll ``asyncjob_cancelled()`` (30 s at most); once it is
+    true, RPUSH "cancelled" onto ``key`` and fail with a retryable ``ValueError``."""
+    aj.asyncjob_set_progress(10, {"waiting": "cancel"})
+    deadline = time.monotonic() + 30
+    while not aj.asyncjob_cancelled():
+        if time.monotonic() > deadline:
+            raise RuntimeError("never cancelled")
+        time.sleep(0.05)
+    redis.Redis.from_url(redis_url).rpush(key, "cancelled")
+    raise ValueError("stopped on request of %s" % name)
+
+
+async def async_write(name):
+    """An ``async def`` job: awaits, then writes a row as ``write_row`` does."""
+    import asyncio
+    await asyncio.sleep(0)
+    return write_row(name)
+
+
+def generator_job(name):
+    """A generator function: refused at the call site (its body would never run)."""
+    yield write_row(name)
+
+
+class CountsPickling:
+    """An argument that counts how often it is pickled (``CountsPickling.count``)."""
+
+    count = 0
+
+    def __reduce__(self):
+        CountsPickling.count += 1
+        return (CountsPickling, ())
 
 
 class Tasks:

@@ -1,32 +1,147 @@
-"""Running a job inside its own ``transaction`` and SQLAlchemy session.
+"""A job's database work, as TurboGears does it for a request.
 
-The job's thread uses ``transaction.manager`` (thread-local, like TurboGears' ``tm``),
-so the app's zope-registered ``DBSession`` joins the job's transaction on first use.
+Each job runs in its own ``transaction`` (thread-local, like TurboGears' ``tm``), so
+the app's zope-registered SQLAlchemy ``DBSession`` joins it on first use. A Ming app's
+unit of work is flushed when the job returns and discarded when it raises, as TG's
+``MingApplicationWrapper`` does; after every job the app's sessions are closed, as
+TG's ``DBSessionRemoverMiddleware`` and ``MingSessionRemoverMiddleware`` do.
+
+Sessions are recognised by their class (SQLAlchemy's ``scoped_session``, Ming's
+``ThreadLocalODMSession``), never by a guessed method name: Ming's ``remove()`` deletes
+documents.
 """
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 import time
-from typing import Any, Callable
+import weakref
+from typing import Any, Callable, Mapping
 
 import transaction
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import scoped_session
+
+from .forking import reset_in_child
+
+log = logging.getLogger('tgext.asyncjob')
+
+#: Configuration keys where TurboGears keeps an application's sessions.
+SESSION_KEYS = ('DBSession', 'SQLASession', 'MingSession')
+
+
+def _thread_local_odm_session() -> Any:
+    """Ming's ``ThreadLocalODMSession`` class if Ming is imported, else ``None``
+    (an application whose sessions are Ming's has imported it)."""
+    odm = sys.modules.get('ming.odm')
+    return getattr(odm, 'ThreadLocalODMSession', None)
+
+
+def _sessions(conf: Mapping[str, Any] | None) -> list[Any]:
+    return [conf[k] for k in SESSION_KEYS if conf is not None and conf.get(k) is not None]
+
+
+def uses_ming(conf: Mapping[str, Any] | None) -> bool:
+    """True if the application keeps documents in Ming: TG's ``ming.enabled`` (set
+    from ``use_ming``), or one of its sessions is a ``ThreadLocalODMSession``."""
+    if conf is None:
+        return False
+    odm_session = _thread_local_odm_session()
+    if odm_session is None:
+        return False
+    return bool(conf.get('ming.enabled', conf.get('use_ming', False))) or any(
+        isinstance(s, odm_session) for s in _sessions(conf))
+
+
+def _ming_autoflush(conf: Mapping[str, Any] | None) -> bool:
+    # TG sets ming.autoflush (default true) when Ming is enabled: honour it as TG does.
+    return uses_ming(conf) and bool(conf.get('ming.autoflush', True))  # type: ignore[union-attr]
+
+
+class _Statements(threading.local):
+    ran = False  # a class default: a thread that never ran a statement reads False
+
+
+_statements = _Statements()
+
+
+# Every engine of the process (an app's, or one a job made itself): a job may only be
+# run again after a dropped connection if none of its statements got through.
+@event.listens_for(Engine, 'after_cursor_execute')
+def _statement_ran(*args: Any) -> None:
+    _statements.ran = True
+
+
+def is_disconnect_before_work(exc: BaseException) -> bool:
+    """True if ``exc`` is SQLAlchemy's report of a dead connection (``is_disconnect``:
+    the server closed it, e.g. an idle timeout or ``pg_terminate_backend``) and no
+    statement of the current try had run: nothing reached the database, so running
+    the job again on a new connection is safe for its database work."""
+    return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+            and not _statements.ran)
 
 
 def run_in_transaction(func: Callable[..., Any], args: tuple = (),
-                       kwargs: dict[str, Any] | None = None, attempts: int = 1) -> Any:
+                       kwargs: dict[str, Any] | None = None, attempts: int = 1,
+                       conf: Mapping[str, Any] | None = None) -> Any:
     """Call ``func(*args, **kwargs)`` in a fresh transaction: commit if it returns,
     abort if it raises (anything, ``SystemExit`` included) and re-raise.
 
+    With ``conf`` (the application's configuration; default: the one this thread
+    pushed, as worker threads do) a Ming application's unit of work
+    is flushed when ``func`` returns, before the commit (a failed flush fails the job
+    and rolls its SQL back), and discarded when it raises.
+
     Up to ``attempts`` tries when the error is one the ``transaction`` package calls
     retryable (``TransientError``, or a data manager's ``should_retry``: zope.sqlalchemy
-    says yes to serialization failures and deadlocks), each in a fresh transaction,
-    as TurboGears' ``tm.attempts`` does for requests.
+    says yes to serialization failures and deadlocks), each in a fresh transaction, as
+    TurboGears' ``tm.attempts`` does for requests. A connection found dead before the
+    job's first statement (:func:`is_disconnect_before_work`) gets one more try, with
+    a new session.
     """
-    manager = transaction.manager
     kwargs = kwargs or {}
+    if conf is None:
+        # The configuration the worker thread pushed for its application, if any.
+        from .locate import thread_conf
+        conf = thread_conf()
+    flush_ming = _ming_autoflush(conf)
+    ming = uses_ming(conf)
+
+    def body() -> Any:
+        try:
+            result = func(*args, **kwargs)
+            if flush_ming:
+                _thread_local_odm_session().flush_all()
+            return result
+        except BaseException:
+            if ming:
+                _thread_local_odm_session().close_all()  # discard the unit of work
+            raise
+
+    # A pooled connection the server dropped while idle fails the first statement
+    # that uses it; SQLAlchemy then renews the pool, so one more try gets a new one.
+    _statements.ran = False
+    try:
+        return _in_transactions(body, attempts)
+    except DBAPIError as exc:
+        if not is_disconnect_before_work(exc):
+            raise
+        log.warning('asyncjob: the database connection was closed before the job\'s first '
+                    'statement (%s); running it again on a new connection',
+                    str(exc).splitlines()[0])
+    end_job_sessions(conf)  # the next try opens a new session
+    return _in_transactions(body, attempts)
+
+
+def _in_transactions(body: Callable[[], Any], attempts: int) -> Any:
+    manager = transaction.manager
     if attempts <= 1:  # the common case, without the attempts() machinery
         manager.begin()
         try:
-            result = func(*args, **kwargs)
+            result = body()
             manager.commit()
         except BaseException:
             manager.abort()
@@ -34,17 +149,69 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
         return result
     for attempt in manager.attempts(int(attempts)):
         with attempt:
-            result = func(*args, **kwargs)
+            result = body()
     return result
 
 
-def remove_session(dbsession: Any) -> None:
-    """Give the job's thread a clean session next time (scoped_session or Ming)."""
-    if dbsession is None:
+def end_job_sessions(conf: Mapping[str, Any] | None) -> None:
+    """Close every session of the application after a job, so the next job on this
+    thread starts clean: SQLAlchemy ``scoped_session.remove()``, Ming
+    ``ThreadLocalODMSession.close_all()``. Never raises: a failure is logged."""
+    odm_session = _thread_local_odm_session()
+    for session in _sessions(conf):
+        if isinstance(session, scoped_session):
+            _logged(session.remove, 'removing the SQLAlchemy session')
+    if odm_session is not None and uses_ming(conf):
+        _logged(odm_session.close_all, 'closing the Ming sessions')
+
+
+def _logged(call: Callable[[], Any], what: str) -> None:
+    try:
+        call()
+    except Exception:
+        log.exception('asyncjob: %s after a job failed', what)
+
+
+def app_engines(conf: Mapping[str, Any] | None) -> list[Engine]:
+    """The SQLAlchemy engines TurboGears made for the application: ``sa_engine`` on its
+    globals, and every engine of a master/slaves (``balanced_engines``) setup."""
+    if conf is None:
+        return []
+    found = [getattr(conf.get('tg.app_globals'), 'sa_engine', None)]
+    found += list(((conf.get('balanced_engines') or {}).get('all') or {}).values())
+    engines: list[Engine] = []
+    for engine in found:
+        if isinstance(engine, Engine) and engine not in engines:
+            engines.append(engine)
+    return engines
+
+
+class _PoolsOfApp:
+    """Disposes an application's engine pools in a forked child (gunicorn --preload,
+    uWSGI without lazy-apps), so its jobs never use the parent's connections: two
+    processes on one socket mix up their statements. ``close=False`` leaves the
+    parent's connections open for the parent (SQLAlchemy's documented way)."""
+
+    def __init__(self, conf: Mapping[str, Any]):
+        self.conf = conf
+
+    def dispose(self) -> None:
+        for engine in app_engines(self.conf):
+            engine.dispose(close=False)
+
+
+# Each application's _PoolsOfApp lives as long as its queue (forking holds it weakly).
+_pools: weakref.WeakKeyDictionary[Any, _PoolsOfApp] = weakref.WeakKeyDictionary()
+
+
+def dispose_pools_in_child(owner: Any, conf: Mapping[str, Any] | None) -> None:
+    """In every forked child, while ``owner`` (the app's queue) lives, dispose the
+    pools of the application ``conf`` describes (engines looked up at fork time: they
+    may not exist yet when the queue starts, e.g. from ``Globals.__init__``)."""
+    if conf is None:
         return
-    remove = getattr(dbsession, 'remove', None) or getattr(dbsession, 'clear_all', None)
-    if remove is not None:
-        remove()
+    pools = _pools[owner] = _PoolsOfApp(conf)
+    reset_in_child(pools, 'dispose')
 
 
 def asyncjob_timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:

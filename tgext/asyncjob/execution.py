@@ -38,11 +38,7 @@ def invoke(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any
 
 def end_sessions(conf: Mapping[str, Any] | None) -> None:
     """Close the application's sessions after a job (a clean session for the next)."""
-    end = getattr(database, 'end_job_sessions', None)
-    if end is not None:
-        end(conf)
-    else:  # until tgext.asyncjob.database provides end_job_sessions
-        database.remove_session(conf.get('DBSession') if conf is not None else None)
+    database.end_job_sessions(conf)
 
 
 class Runtime:
@@ -99,10 +95,11 @@ class Runtime:
         try:
             try:
                 result = database.run_in_transaction(
-                    invoke, (job.func, job.args, job.kwargs), None, self.attempts)
+                    invoke, (job.func, job.args, job.kwargs), None, self.attempts,
+                    conf=self.conf)
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: not the worker's
                 leave_job()
-                self._failed(job, exc)
+                self.failed(job, exc)
             else:
                 leave_job()
                 self.lifecycle.succeed(job, result)
@@ -124,7 +121,10 @@ class Runtime:
         tg_config.push_thread_config(self.conf)
         return True
 
-    def _failed(self, job: Job, exc: BaseException) -> None:
+    def failed(self, job: Job, exc: BaseException) -> None:
+        """The running ``job``'s attempt ended with ``exc``: queue it again if its retry
+        policy allows (not if it was cancelled meanwhile or the queue is stopping), else
+        record it failed. Also for a backend whose worker died under a job (rq)."""
         error = JobError.from_exception(exc)
         policy = policy_for(job.retry, job.func)
         not_retried = ''

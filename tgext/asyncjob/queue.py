@@ -128,7 +128,11 @@ class JobQueue:
                               **options)
         if backend == 'rq':
             from .backends.rq import RQBackend
-            return _adapt(RQBackend(self, **options), self.runtime)
+            return RQBackend(self.runtime, **options)
+        if backend == 'sqlalchemy':
+            from .backends.sqlalchemy import SQLAlchemyBackend
+            return SQLAlchemyBackend(self.runtime, workers=self.workers,
+                                     immediate=self.immediate, **options)
         if callable(backend):
             made = backend(self.runtime, **options)
             if not isinstance(made, Backend):
@@ -136,7 +140,7 @@ class JobQueue:
                                 'not a tgext.asyncjob.backends.base.Backend')
             return made
         raise ValueError(f'unknown asyncjob backend {backend!r}: use "threads", "rq", '
-                         'or a factory taking the runtime')
+                         '"sqlalchemy", or a factory taking the runtime')
 
     @property
     def store(self) -> Any:
@@ -343,71 +347,6 @@ class JobQueue:
         self.lifecycle.after_fork()
         self._waiting_commit = set()
         self.backend.after_fork()
-
-    # -- 0.3/1.0 backend compatibility (rq backend, until it is ported onto Runtime) --
-
-    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
-        return self.lifecycle.guard(call, *args)
-
-    def flush_tracker(self) -> None:
-        """Send the tracker's buffered writes now (see the Redis ``write_behind``)."""
-        self.lifecycle.flush()
-
-    def finished(self, job: Job, state: JobState, result: Any = None,
-                 error: JobError | None = None, detail: str = '') -> None:
-        """For the rq backend only: the end of a job rebuilt outside this process."""
-        if state is JobState.CANCELLED:
-            job.state = JobState.QUEUED
-            self.lifecycle.cancel(job)
-        else:
-            job.state = JobState.RUNNING
-            self.lifecycle.fail(job, error or JobError('Error', detail), detail)
-
-
-def _adapt(legacy: Any, runtime: Runtime) -> Backend:
-    """Present a backend written against the 1.0 seam (``check``, ``run_now``,
-    ``supports_schedule``) as a :class:`Backend` (still an instance of its own class).
-    For the rq backend until it is ported onto the runtime; then this goes."""
-
-    class Adapted(Backend):
-        durable = getattr(legacy, 'durable', False)
-        spans_processes = True
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(legacy, name)
-
-        def validate(self, job: Job) -> None:
-            Backend.validate(self, job)
-            legacy.check(job)
-
-        def enqueue(self, job: Job) -> None:
-            legacy.enqueue(job)
-
-        def schedule(self, job: Job, eta: float) -> None:
-            if getattr(legacy, 'supports_schedule', False):
-                job.eta = eta
-                runtime.lifecycle.flush()
-                legacy.schedule(job, eta)
-            else:
-                Backend.schedule(self, job, eta)
-
-        def cancel(self, jobid: str) -> bool:
-            return bool(legacy.cancel(jobid))
-
-        def start(self) -> None:
-            legacy.start()
-
-        def stop(self, timeout: float) -> list[str]:
-            return list(legacy.stop(timeout))
-
-        def after_fork(self) -> None:
-            Backend.after_fork(self)
-            legacy.after_fork()
-
-    both: Any = type(type(legacy).__name__, (Adapted, type(legacy)), {})
-    made: Backend = object.__new__(both)
-    Backend.__init__(made, runtime)
-    return made
 
 
 _QUEUES: weakref.WeakSet[JobQueue] = weakref.WeakSet()

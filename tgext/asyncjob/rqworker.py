@@ -34,11 +34,13 @@ import logging
 import logging.config
 import os
 import sys
+import threading
 from typing import Any, Sequence
 
 from rq import Queue, SimpleWorker, Worker
 
-from .backends.rq import RQBackend, _BACKENDS, mark_worker_died
+from .backends.rq import RQBackend, backend as rq_backend, job_died
+from .backends.rq.runs import BACKENDS
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -82,13 +84,13 @@ def setup_logging(path: str) -> None:
 
 def rq_backends() -> list[RQBackend]:
     """The rq backends of the applications loaded in this process."""
-    return [b for b in list(_BACKENDS.values()) if not b.queue.stopped]
+    return [b for b in list(BACKENDS.values()) if not b.runtime.stopping]
 
 
 def _engines(backends: Sequence[RQBackend]) -> list[Any]:
     engines = []
     for backend in backends:
-        conf = backend.queue.conf or {}
+        conf = backend.runtime.conf or {}
         app_globals = conf.get('tg.app_globals')
         engine = getattr(app_globals, 'sa_engine', None)
         if engine is not None:
@@ -96,12 +98,39 @@ def _engines(backends: Sequence[RQBackend]) -> list[Any]:
     return engines
 
 
-class TGWorker(Worker):
+#: Seconds between a worker's RQ maintenance runs (RQ: 600), where an idle worker also
+#: takes over RQ's scheduler if the worker that ran it died: its lock expires after 61 s.
+MAINTENANCE_INTERVAL = 60
+#: An idle worker wakes every WORKER_TTL - 15 s (RQ: 420), so maintenance is not
+#: held up behind a blocking wait for jobs of up to 405 s.
+WORKER_TTL = 60
+
+
+class _Heartbeats:
+    """What both worker classes share: the backend's heartbeat settings."""
+
+    tg_backends: Sequence[RQBackend] = ()
+    tg_abandoned_after: int = 45  # set by make_worker
+
+    def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        # RQ allows a running job 60 s more than the heartbeat interval before its
+        # cleanup calls it abandoned; the backend's ``abandoned_after`` is the bound
+        # the README documents.
+        return self.tg_abandoned_after
+
+
+class TGWorker(_Heartbeats, Worker):
     """RQ's forking worker; the child closes its own database connections at the end
     and never uses the ones it inherited."""
 
-    tg_backends: Sequence[RQBackend] = ()
     tg_parent_pid: int  # set by make_worker
+
+    def fork_work_horse(self, job: Any, queue: Queue) -> None:
+        rq_backend.forking_work_horse = True  # read by the backends' after_fork in the child
+        try:
+            super().fork_work_horse(job, queue)
+        finally:
+            rq_backend.forking_work_horse = False
 
     def main_work_horse(self, job: Any, queue: Queue) -> None:
         for engine in _engines(self.tg_backends):
@@ -117,12 +146,38 @@ class TGWorker(Worker):
                     engine.dispose()
 
 
-class TGSimpleWorker(SimpleWorker):
-    """RQ's non-forking worker: jobs run in the worker process, one after the other."""
+class TGSimpleWorker(_Heartbeats, SimpleWorker):
+    """RQ's non-forking worker: jobs run in the worker process, one after the other.
+
+    RQ's ``SimpleWorker`` sends no heartbeat while a job runs (the job holds its only
+    thread), so a job longer than its heartbeat TTL would look abandoned; a thread
+    sends them here, as the forking worker's main process does for its horse.
+    """
+
+    def execute_job(self, job: Any, queue: Queue) -> None:
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, done), daemon=True,
+                                name='asyncjob-rq-heartbeat')
+        beat.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            done.set()
+            beat.join()
+
+    def _beat(self, job: Any, done: threading.Event) -> None:
+        while not done.wait(self.job_monitoring_interval):
+            execution = self.execution
+            if execution is None:
+                continue
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # Redis unreachable: the next beat tries again
+                log.warning('asyncjob rq: heartbeat for job %s failed', job.id, exc_info=True)
 
 
 def _horse_killed(job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
-    mark_worker_died(job, f'the work horse ended unexpectedly (wait status {ret_val})')
+    job_died(job, f'the work horse ended unexpectedly (wait status {ret_val})')
 
 
 def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence[str] = (),
@@ -144,12 +199,20 @@ def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence
                              'start one worker command per application')
     names = list(queues) or list(dict.fromkeys(b.queue_name for b in backends))
     rq_queues = [Queue(n, connection=connection) for n in names]
+    heartbeat = min(b.heartbeat_interval for b in backends)
+    worker: TGWorker | TGSimpleWorker
     if simple:
-        return TGSimpleWorker(rq_queues, connection=connection, name=name)
-    worker = TGWorker(rq_queues, connection=connection, name=name,
-                      work_horse_killed_handler=_horse_killed)
+        worker = TGSimpleWorker(rq_queues, connection=connection, name=name,
+                                job_monitoring_interval=heartbeat, worker_ttl=WORKER_TTL,
+                                maintenance_interval=MAINTENANCE_INTERVAL)
+    else:
+        worker = TGWorker(rq_queues, connection=connection, name=name,
+                          job_monitoring_interval=heartbeat, worker_ttl=WORKER_TTL,
+                          maintenance_interval=MAINTENANCE_INTERVAL,
+                          work_horse_killed_handler=_horse_killed)
+        worker.tg_parent_pid = os.getpid()
     worker.tg_backends = backends
-    worker.tg_parent_pid = os.getpid()
+    worker.tg_abandoned_after = min(b.abandoned_after for b in backends)
     return worker
 
 
@@ -188,12 +251,28 @@ def run(options: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())  # as gearbox: the project's package is importable
     config = None if options.app else options.config
     load_application(config, options.app, options.app_name)
-    worker = make_worker(queues=options.queues, simple=options.simple, name=options.name)
+    backends = rq_backends()
+    rq_options: dict[str, Any] = dict(
+        simple=options.simple, name=options.name, with_scheduler=options.scheduler,
+        max_jobs=options.max_jobs, logging_level=options.logging_level)
+    if len(backends) == 1:  # the application's backend runs its worker, as for any backend
+        backends[0].work(burst=options.burst, queues=options.queues, **rq_options)
+    else:
+        work(backends, burst=options.burst, queues=options.queues, **rq_options)
+    return 0
+
+
+def work(backends: Sequence[RQBackend], *, burst: bool = False, queues: Sequence[str] = (),
+         simple: bool = False, name: str | None = None, with_scheduler: bool = True,
+         max_jobs: int | None = None, logging_level: str = 'INFO') -> None:
+    """Run a worker (:func:`make_worker`) for ``backends`` in this process until it is
+    stopped, or until the queues are empty with ``burst``
+    (:meth:`~tgext.asyncjob.backends.rq.RQBackend.work` calls this)."""
+    worker = make_worker(backends, queues=queues, simple=simple, name=name)
     log.info('tgext.asyncjob rq worker %s listening on %s', worker.name,
              ', '.join(q.name for q in worker.queues))
-    worker.work(burst=options.burst, max_jobs=options.max_jobs,
-                logging_level=options.logging_level, with_scheduler=options.scheduler)
-    return 0
+    worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level,
+                with_scheduler=with_scheduler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

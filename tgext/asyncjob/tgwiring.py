@@ -1,9 +1,10 @@
-"""TurboGears wiring: starting a queue for an application and finding it again.
+"""TurboGears wiring: starting a queue for an application.
 
 ``plug(base_config, 'tgext.asyncjob')`` registers :class:`AsyncJobConfigurationComponent`
 on that configurator, so each application it builds starts its own queue when its
 environment is loaded (TG's milestones are process-wide and fire once; a component's
 actions run for every application). ``start_async_worker`` is the 0.3 entry point.
+Settings are defined in :mod:`.settings`, the queue is found again by :mod:`.locate`.
 """
 from __future__ import annotations
 
@@ -13,79 +14,24 @@ import types
 from typing import Any, Mapping
 
 from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfigurationAction
-from tg.request_local import config as tg_config
-from tg.request_local import context as tg_context
-from tg.support.converters import asbool, asint
 
-from .errors import AlreadyStarted, AsyncJobError, NoWorkerError
-from .context import running_queue
+from . import database, locate, settings, startup
+from .errors import AlreadyStarted, AsyncJobError
+from .locate import current_queue
 from .queue import JobQueue, stop_all  # noqa: F401 - stop_all: public here since 0.3
 
+__all__ = ['start_async_worker', 'current_queue', 'plugme', 'stop_all',
+           'AsyncJobConfigurationComponent', 'SCRIPT_GLOBALS']
+
 log = logging.getLogger('tgext.asyncjob')
-
-#: ``asyncjob.*`` configuration keys (.ini or blueprint) and how to read them.
-SETTINGS = {
-    'workers': asint,
-    'max_queue': asint,
-    'put_timeout': float,
-    'attempts': asint,
-    'immediate': asbool,
-    'stop_timeout': float,
-    'backend': str,
-    'enqueue_on_commit': asbool,
-}
-
-_default_queue: JobQueue | None = None
 
 #: Where ``start_async_worker()`` keeps the queue when no application is configured.
 SCRIPT_GLOBALS = types.SimpleNamespace()
 
-
-def _current_conf() -> Mapping[str, Any] | None:
-    """This thread's TurboGears configuration, else the process's, else ``None``."""
-    configs = _thread_stack(tg_config)
-    if configs:
-        return configs[-1][0]  # thread configs are stacked as (conf, preserved)
-    configs = tg_config.__dict__.get('_process_configs')
-    return configs[-1] if configs else None
-
-
-def _thread_stack(proxy: Any) -> list[Any] | None:
-    # The objects a TurboGears StackedObjectProxy holds for this thread, read without
-    # its _current_obj(), which raises (slowly) on every thread that has none: this is
-    # on the path of every asyncjob_perform.
-    try:
-        # A thread-local's __dict__ is this thread's: no AttributeError raised and caught.
-        return proxy.__dict__['____local__'].__dict__.get('objects')
-    except KeyError:  # pragma: no cover
-        return None
-
-
-def _settings(conf: Mapping[str, Any] | None, explicit: dict[str, Any]) -> dict[str, Any]:
-    """``asyncjob.*`` keys from the configuration, overridden by explicit arguments."""
-    settings: dict[str, Any] = {}
-    for name, coerce in SETTINGS.items():
-        value = explicit.pop(name, None)
-        if value is None and conf is not None:
-            value = conf.get(f'asyncjob.{name}')
-        if value is not None:
-            settings[name] = coerce(value)
-    if explicit:
-        raise TypeError(f'unknown start_async_worker option(s): {", ".join(sorted(explicit))}')
-    return settings
-
-
-def tracker_from_setting(value: Any) -> Any:
-    """A tracker from ``asyncjob.tracker`` in an .ini: ``memory`` or a ``redis://`` URL."""
-    if value is None or not isinstance(value, str):
-        return value
-    if value == 'memory':
-        from .trackers.memory import MemoryProgressTracker
-        return MemoryProgressTracker()
-    if value.startswith(('redis://', 'rediss://', 'unix://')):
-        from .trackers.redisdb import RedisProgressTracker
-        return RedisProgressTracker(url=value)
-    raise ValueError(f'asyncjob.tracker must be "memory" or a redis:// URL, got {value!r}')
+#: ``plug()`` options that are not settings.
+PLUG_ONLY = ('app_globals', 'progress_tracker', 'hooks', 'backend_options')
+#: ``start_async_worker()`` keyword options: the settings that configure the queue.
+START_OPTIONS = tuple(s.name for s in settings.SETTINGS if s.scope == settings.QUEUE)
 
 
 def _globals_of_caller(frame: Any) -> Any:
@@ -94,13 +40,8 @@ def _globals_of_caller(frame: Any) -> Any:
     return frame.f_locals.get('self') if frame is not None else None
 
 
-def _backend_options(conf: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``asyncjob.backend.<name> = value`` keys, as keyword arguments for the backend."""
-    prefix = 'asyncjob.backend.'
-    return {k[len(prefix):]: v for k, v in (conf or {}).items() if k.startswith(prefix)}
-
-
 def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
+                       conf: Mapping[str, Any] | None = None,
                        hooks: list[Any] | tuple[Any, ...] = (),
                        backend_options: dict[str, Any] | None = None,
                        **options: Any) -> JobQueue:
@@ -108,26 +49,29 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
 
     ``app_globals`` is where the queue is kept (``app_globals.asyncjob_queue``); left out,
     it is the current application's globals, or the ``Globals`` instance whose
-    ``__init__`` is calling, or (no application at all: a script) ``SCRIPT_GLOBALS``. ``progress_tracker`` defaults to a
-    :class:`~tgext.asyncjob.trackers.memory.MemoryProgressTracker`. Options
-    (``workers``, ``max_queue``, ``put_timeout``, ``attempts``, ``immediate``,
-    ``stop_timeout``, ``backend``) override the ``asyncjob.*`` configuration keys;
-    ``backend_options`` override ``asyncjob.backend.*`` keys.
+    ``__init__`` is calling, or (no application at all: a script) ``SCRIPT_GLOBALS``.
+    ``progress_tracker`` defaults to the ``asyncjob.tracker`` setting (memory).
+    ``conf`` is the TurboGears configuration jobs run under (``tg.config`` inside a
+    job, sessions closed after each job); left out, the current application's, if it
+    is the one these globals belong to. ``options`` are the settings of
+    :mod:`tgext.asyncjob.settings` that configure the queue (``workers``,
+    ``max_queue``, ``put_timeout``, ``attempts``, ``enqueue_on_commit``,
+    ``stop_timeout``, ``immediate``, ``tracker``, ``backend``); they beat the
+    configuration's ``asyncjob.*`` keys, and ``backend_options`` beat its
+    ``asyncjob.backend.*`` keys. Unknown options raise ``TypeError``.
 
     Raises :class:`AlreadyStarted` if these globals already have a running queue.
     """
-    global _default_queue
-    conf = options.pop('conf', None)
+    settings.check_names(options, START_OPTIONS, 'start_async_worker')
     if conf is None:
-        conf = _current_conf()
+        conf = locate.current_conf()
         if (app_globals is not None and conf is not None
                 and conf.get('tg.app_globals') not in (None, app_globals)):
             conf = None  # the configuration of another application: not these globals'
-    in_app = conf is not None and conf.get('package') is not None
     if app_globals is None:
         app_globals = conf.get('tg.app_globals') if conf is not None else None
-        if app_globals is None and in_app:
-            # Inside Globals.__init__ of an application being configured.
+        if app_globals is None and conf is not None:
+            # Inside Globals.__init__ of an application being configured (0.3 usage).
             app_globals = _globals_of_caller(sys._getframe(1))
             if app_globals is None:
                 raise AsyncJobError(
@@ -135,43 +79,30 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
                     'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
+    values = settings.resolve(conf, {}, options)
+    return _start(app_globals, progress_tracker, conf, hooks,
+                  settings.backend_options(conf, None, backend_options), values)
+
+
+def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
+           hooks: list[Any] | tuple[Any, ...], backend_options: dict[str, Any],
+           values: dict[str, Any]) -> JobQueue:
     existing = getattr(app_globals, 'asyncjob_queue', None)
     if isinstance(existing, JobQueue) and not existing.stopped:
         raise AlreadyStarted('an asyncjob worker is already running for these app_globals; '
                              'stop() it first, or plug tgext.asyncjob only once')
-    if progress_tracker is None and conf is not None:
-        progress_tracker = tracker_from_setting(conf.get('asyncjob.tracker'))
-    owned_conf = conf if conf is not None and conf.get('package') is not None else None
-    backend_options = {**_backend_options(conf), **(backend_options or {})}
-    q = JobQueue(progress_tracker, conf=owned_conf, hooks=hooks,
-                 backend_options=backend_options, **_settings(conf, options))
+    if tracker is None:
+        tracker = values['tracker']
+    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
+                 **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
+    database.dispose_pools_in_child(q, conf)
+    startup.check(q, conf)  # warnings only: a misfit deployment is said once, at start
     q.backend.start()
-    _default_queue = q
+    locate.remember(q)
+    log.info('tgext.asyncjob started: %s', startup.describe(q))
     return q
-
-
-def current_queue() -> JobQueue:
-    """The queue for the caller: the running job's; in a request, its application's;
-    elsewhere the last one started in this process, or else the current application's."""
-    q = running_queue()
-    if q is not None:
-        return q
-    context = _thread_stack(tg_context)
-    if context:
-        q = getattr(context[-1][0].app_globals, 'asyncjob_queue', None)
-        if q is not None:
-            return q
-    if _default_queue is not None and not _default_queue.stopped:
-        return _default_queue
-    conf = _current_conf()
-    q = getattr(conf.get('tg.app_globals') if conf else None, 'asyncjob_queue', None)
-    if q is not None:
-        return q  # if it was stopped, its perform() says so
-    if _default_queue is not None:
-        return _default_queue  # stopped: its perform() says so
-    raise NoWorkerError('no asyncjob worker is running: plug tgext.asyncjob or call '
-                        'start_async_worker() first')
 
 
 class AsyncJobConfigurationComponent(ConfigurationComponent):
@@ -183,28 +114,28 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
         super().__init__()
         self.plug_options: dict[str, Any] = {}
 
-    def get_defaults(self) -> dict[str, Any]:
-        return {'asyncjob.enabled': True}
-
     def get_coercion(self) -> dict[str, Any]:
-        coercion: dict[str, Any] = {f'asyncjob.{k}': v for k, v in SETTINGS.items()}
-        coercion['asyncjob.enabled'] = asbool
-        return coercion
+        # Applied by TurboGears to the .ini and blueprint: a bad value fails the build.
+        return settings.coercion()
 
     def get_actions(self) -> tuple[Any, ...]:
         return (EnvironmentLoadedConfigurationAction(self._start),)
 
     def _start(self, conf: Any, app: Any) -> None:
-        if not conf.get('asyncjob.enabled', True):
+        options = self.plug_options
+        values = settings.resolve(conf, options, {})
+        # The resolved values go back into the configuration, where the web
+        # controller reads asyncjob.mount, show_tracebacks and jobs_access.
+        conf.update({settings.BY_NAME[name].key: value for name, value in values.items()})
+        if not values['enabled']:
+            log.info('tgext.asyncjob is plugged but disabled (asyncjob.enabled = false)')
             return
-        options = dict(self.plug_options)
-        given = options.pop('app_globals', None)
         app_globals = conf['tg.app_globals']
-        tracker = options.pop('progress_tracker', None)
-        hooks = options.pop('hooks', ())
-        q = start_async_worker(app_globals, tracker, hooks=hooks, conf=conf,
-                               backend_options=options.pop('backend_options', None),
-                               **{k: options[k] for k in SETTINGS if options.get(k) is not None})
+        q = _start(app_globals, options.get('progress_tracker'), conf,
+                   options.get('hooks', ()),
+                   settings.backend_options(conf, options.get('backend_options'), None),
+                   values)
+        given = options.get('app_globals')
         if given is not None and given is not app_globals:
             # 0.3 let plug() name the globals object that holds the queue.
             given.asyncjob_queue = q
@@ -215,11 +146,16 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
     """tgext.pluggable entry point: ``plug(base_config, 'tgext.asyncjob', **options)``.
 
-    Options: ``app_globals``, ``progress_tracker``, ``hooks`` and the settings of
-    :func:`start_async_worker`.
+    Options: ``app_globals``, ``progress_tracker``, ``hooks``, ``backend_options`` and
+    every setting of :mod:`tgext.asyncjob.settings` (the ``.ini`` beats them). Unknown
+    options raise ``TypeError``.
     """
     options = dict(options or {})
     options.pop('appid', None)
+    settings.check_names(options, PLUG_ONLY + tuple(settings.BY_NAME), 'plug(tgext.asyncjob)')
+    for name, value in options.items():
+        if name in settings.BY_NAME and value is not None:
+            settings.BY_NAME[name].coerce(value)  # a bad value fails here, at the plug() call
     try:
         configurator.register(AsyncJobConfigurationComponent)
     except KeyError:

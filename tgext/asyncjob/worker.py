@@ -22,12 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger('tgext.asyncjob')
 
 
-def run_job(q: Any, job: Job) -> None:
-    """0.3/1.0 name of ``q.runtime.execute(job)``, kept for the rq backend until it is
-    ported onto the runtime."""
-    q.runtime.execute(job)
-
-
 class WorkerThread(threading.Thread):
     """One worker. ``current`` is the job it took, for the watchdog."""
 
@@ -100,7 +94,7 @@ class WorkerPool(Backend):
             self._watchdog = threading.Thread(target=self._watchdog_loop, daemon=True,
                                               name='asyncjob-watchdog')
             self._watchdog.start()
-        log.info('tgext.asyncjob: %d worker thread(s) started', self.size)
+        log.debug('asyncjob worker pool: %d thread(s) started', self.size)
 
     def _spawn(self, index: int) -> WorkerThread:
         thread = WorkerThread(self, index)

@@ -8,6 +8,8 @@ A backend is made with the queue's :class:`~tgext.asyncjob.execution.Runtime`
 * ``runtime.execute(job)``: the single execution path: claim, context, configuration,
   transaction, sessions, hooks, outcome or retry. It never raises. Wherever a job
   runs, in a thread here or in a worker process, it runs through this;
+* ``runtime.failed(job, exc)``: a running job's attempt ended with ``exc`` outside
+  ``execute`` (its worker died under it): retry or fail, as ``execute`` would;
 * ``runtime.conf``, ``runtime.store``, ``runtime.hooks``, ``runtime.stopping``.
 
 The queue, not the backend, implements immediate mode (``execute`` in a fresh thread,

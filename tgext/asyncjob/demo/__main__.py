@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         raise _Stop()
 
     signal.signal(signal.SIGTERM, on_term)
+    # Python leaves SIGINT ignored when the process started with it ignored (a shell
+    # script's background job, a test runner run that way), and Ctrl-C would then do
+    # nothing: the demo promises that Ctrl-C stops it, so it sets the handler itself.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Bound to an AF_INET/AF_INET6 address: getsockname() gives the host as a str.
     host, port = cast('tuple[str, int]', server.server_address[:2])
     print(f'tgext.asyncjob demo: serving on http://{host}:{port}/ (database {db_url}); '

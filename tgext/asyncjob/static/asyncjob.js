@@ -51,13 +51,17 @@
   function render(widget, status) {
     var state = status.state || 'unknown';
     widget.setAttribute('data-state', state);
-    setPercent(widget, status.percent);
+    // Waiting has no percent: the stripe and "Queued" say it (as the server renders it).
+    setPercent(widget, state === 'queued' ? null : status.percent);
     part(widget, 'state').textContent = TEXT[state] || state;
     part(widget, 'message').textContent = messageOf(status);
     var error = part(widget, 'error');
     var tb = part(widget, 'traceback');
     if (status.error) {
-      error.textContent = status.error.type + ': ' + status.error.message;
+      // A message meant for the user (JobFailed) alone, otherwise "Type: message"
+      // (the message is a generic sentence unless tracebacks are allowed).
+      error.textContent = status.error.public ? status.error.message
+        : status.error.type + ': ' + status.error.message;
       error.hidden = false;
       if (status.error.traceback) {
         tb.querySelector('pre').textContent = status.error.traceback;

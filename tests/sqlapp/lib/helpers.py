@@ -1,0 +1,1 @@
+"""Template helpers (none needed)."""

@@ -1,0 +1,136 @@
+"""What an RQ job of this backend carries, and our job rebuilt from it.
+
+Each run of one of our jobs is an RQ job calling :data:`RUNNER` with the callable's
+import path, the arguments, and our job's id, attempts made so far, retry policy and
+``meta``. Its RQ id is our id for the first run, ``<id>-<n>`` for the n-th
+(:func:`rq_job_id`): a retry is scheduled by the failing run, whose RQ job id cannot
+be reused while it still executes.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from typing import Any, Callable
+
+from ...job import Job
+
+#: What every RQ job of this backend calls, by name (RQ imports it in the worker).
+RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
+#: RQ's failure callback of every job: how a run that died unnoticed gets recorded.
+ON_FAILURE = 'tgext.asyncjob.backends.rq.rq_job_failed'
+
+_JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
+THREADS_HINT = ("; or run it in the web process with the in-process backend "
+                "(asyncjob.backend = threads)")
+
+
+def is_our_id(jobid: Any) -> bool:
+    """True for an id ``asyncjob_perform`` could have returned (never touch other RQ
+    jobs)."""
+    return isinstance(jobid, str) and _JOB_ID.match(jobid) is not None
+
+
+def rq_job_id(jobid: str, attempt: int) -> str:
+    """The RQ job id of the run that follows ``attempt`` runs of our job ``jobid``."""
+    return jobid if attempt == 0 else f'{jobid}-{attempt + 1}'
+
+
+def claim_key(rq_id: str) -> str:
+    """Set once (``SET NX``) for the RQ job ``rq_id``: ``run`` by the worker that starts
+    it, ``cancel`` by a cancel that came first. So a run and a cancel exclude each other."""
+    return f'asyncjob:rq:claim:{rq_id}'
+
+
+def cancel_key(jobid: str) -> str:
+    """Exists while someone asked a running job ``jobid`` to stop (``asyncjob_cancelled()``)."""
+    return f'asyncjob:rq:cancel:{jobid}'
+
+
+def died_key(rq_id: str) -> str:
+    """Set once by the process that records the death of the run ``rq_id``."""
+    return f'asyncjob:rq:died:{rq_id}'
+
+
+def callable_path(func: Callable[..., Any]) -> str:
+    """``module:qualname`` a worker process can import ``func`` by.
+
+    Raises ``TypeError`` for what it cannot: lambdas, closures and nested functions,
+    functions of ``__main__``, bound methods of instances, partials and other
+    callable objects.
+    """
+    module = getattr(func, '__module__', None)
+    qualname = getattr(func, '__qualname__', None)
+    what = f'{func!r}'
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f'the rq backend runs jobs in worker processes, which import the '
+                        f'callable by name, and {what} has none: queue a module-level '
+                        f'function instead{THREADS_HINT}')
+    if '<lambda>' in qualname or '<locals>' in qualname:
+        kind = 'a lambda' if '<lambda>' in qualname else 'a nested function or closure'
+        raise TypeError(f'the rq backend cannot queue {what}: it is {kind}, which worker '
+                        f'processes cannot import; queue a module-level function '
+                        f'instead{THREADS_HINT}')
+    if module == '__main__':
+        raise TypeError(f'the rq backend cannot queue {what}: it is defined in __main__, '
+                        f'which worker processes cannot import; move it to a module'
+                        f'{THREADS_HINT}')
+    target: Any = sys.modules.get(module)
+    for part in qualname.split('.'):
+        target = getattr(target, part, None)
+    if target is not func and not (target is not None and target == func):
+        raise TypeError(f'the rq backend cannot queue {what}: {module}.{qualname} does not '
+                        f'name it (a bound method of an instance, or a replaced attribute); '
+                        f'queue a module-level function and pass the data it needs'
+                        f'{THREADS_HINT}')
+    return f'{module}:{qualname}'
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """The callable named by :func:`callable_path`."""
+    module, _, qualname = path.partition(':')
+    target: Any = importlib.import_module(module)
+    for part in qualname.split('.'):
+        target = getattr(target, part)
+    return target
+
+
+def runner_call(job: Job) -> dict[str, Any]:
+    """RQ's ``args``, ``kwargs``, ``job_id`` and ``description`` for the next run of
+    ``job`` (whose callable ``validate`` accepted)."""
+    path = callable_path(job.func)
+    job.name = path.replace(':', '.')
+    return dict(args=(path, job.args, job.kwargs),
+                kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry,
+                            meta=job.meta),
+                job_id=rq_job_id(job.id, job.attempt), description=job.name)
+
+
+def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
+           attempt: int = 0, retry: Any = None, meta: dict[str, Any] | None = None,
+           job_class: type[Job] = Job) -> tuple[Job, Exception | None]:
+    """Our job named by an RQ job's arguments (``attempt``: the runs made before), and
+    why its callable cannot be imported here: then the job has a placeholder callable,
+    :func:`not_importable`, and keeps its real name."""
+    error = None
+    try:
+        func = import_callable(path)
+    except Exception as exc:
+        func, error = not_importable, exc
+    job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta)
+    job.name = path.replace(':', '.')
+    job.attempt = attempt
+    return job, error
+
+
+def job_from_rq(rq_job: Any, job_class: type[Job] = Job) -> Job:
+    """Our job for the run ``rq_job`` (an ``rq.job.Job`` of this backend)."""
+    path, args, kwargs = rq_job.args
+    options = rq_job.kwargs
+    return job_of(path, args, kwargs, jobid=options.get('jobid') or rq_job.id,
+                  attempt=int(options.get('attempt') or 0), retry=options.get('retry'),
+                  meta=options.get('meta'), job_class=job_class)[0]
+
+
+def not_importable() -> None:
+    """Stands for a job's callable this process could not import (its name is kept)."""

@@ -1,0 +1,95 @@
+"""Taking queued jobs: one claim marks up to ``limit`` due jobs running for a worker.
+
+The claim query, on every dialect::
+
+    SELECT id FROM asyncjob_jobs
+    WHERE state = 'queued' AND queue IN (...) AND run_at <= :now
+    ORDER BY priority DESC, run_at LIMIT :limit FOR UPDATE SKIP LOCKED
+
+PostgreSQL and SQLite run it as the subquery of one ``UPDATE ... RETURNING`` (one
+round trip; SQLite inside ``BEGIN IMMEDIATE``, which holds the write lock, so no
+other process can claim meanwhile and ``SKIP LOCKED`` is not needed). MySQL and
+MariaDB cannot ``UPDATE ... RETURNING`` nor update a table they select from in a
+subquery: there the locked rows are selected, then updated, in one transaction.
+Either way the UPDATE also requires ``state = 'queued'``, a compare-and-set: a job
+cancelled meanwhile is never taken.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.sql import Select
+
+from .engine import Engines
+from .schema import jobs
+
+#: What a worker needs to run a claimed job.
+CLAIMED_COLUMNS = [jobs.c.id, jobs.c.func, jobs.c.name, jobs.c.args, jobs.c.kwargs,
+                   jobs.c.retry, jobs.c.meta, jobs.c.attempt, jobs.c.enqueued_at,
+                   jobs.c.run_at, jobs.c.priority, jobs.c.time_limit]
+
+
+def due_jobs(queues: Sequence[str], now: float, limit: int) -> Select:
+    """The claim query (locks the rows it returns, skipping locked ones)."""
+    return (select(jobs.c.id)
+            .where(jobs.c.state == 'queued', jobs.c.queue.in_(list(queues)),
+                   jobs.c.run_at <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True))
+
+
+def _running(worker_id: str, now: float) -> dict[str, Any]:
+    return {'state': 'running', 'worker_id': worker_id, 'started_at': now,
+            'attempt': jobs.c.attempt + 1, 'progress': None, 'data': None}
+
+
+def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
+          limit: int) -> list[dict[str, Any]]:
+    """Mark up to ``limit`` due jobs of ``queues`` running for ``worker_id``; return
+    them (``attempt`` already counting this run), highest priority first."""
+    if limit <= 0:
+        return []
+    query = due_jobs(queues, now, limit)
+    if engines.write.dialect.update_returning:
+        stmt = (update(jobs)
+                .where(jobs.c.id.in_(query.scalar_subquery()), jobs.c.state == 'queued')
+                .values(_running(worker_id, now))
+                .returning(*CLAIMED_COLUMNS))
+        with engines.writing() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        rows.sort(key=lambda r: (-r['priority'], r['run_at']))
+        return rows
+    with engines.write.begin() as conn:
+        locked = [dict(r._mapping) for r in conn.execute(
+            query.with_only_columns(*CLAIMED_COLUMNS))]
+        if not locked:
+            return []
+        conn.execute(update(jobs)
+                     .where(jobs.c.id.in_([r['id'] for r in locked]),
+                            jobs.c.state == 'queued')
+                     .values(_running(worker_id, now)))
+    for row in locked:  # the rows are locked: nobody changed them in between
+        row['attempt'] += 1
+    return locked
+
+
+def claim_by_id(engines: Engines, worker_id: str, jobid: str, now: float) -> int | None:
+    """Mark the queued job ``jobid`` running for ``worker_id`` (immediate mode runs a
+    given job, not the next due); its attempt number, or ``None`` if it is not queued."""
+    with engines.writing() as conn:
+        done = conn.execute(update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'queued')
+                            .values(_running(worker_id, now))).rowcount
+        if not done:
+            return None
+        return conn.execute(select(jobs.c.attempt).where(jobs.c.id == jobid)).scalar()
+
+
+def next_run_at(engines: Engines, queues: Sequence[str]) -> float | None:
+    """When the earliest queued job of ``queues`` is due (for the poll wait)."""
+    from sqlalchemy import func
+    with engines.read.connect() as conn:
+        return conn.execute(select(func.min(jobs.c.run_at))
+                            .where(jobs.c.state == 'queued',
+                                   jobs.c.queue.in_(list(queues)))).scalar()

@@ -1,0 +1,117 @@
+"""What goes into a job row and comes out of it: JSON, and callables by import path.
+
+A row must never be able to run code in a worker, so nothing is pickled: arguments,
+results, progress data and retry policies are JSON (stdlib ``json``), and the callable
+is a ``module:qualname`` the worker imports, checked at the call site.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from typing import Any, Callable
+
+from ...retry import Retry
+
+_HINT = '; or run it in the web process with the threads backend (asyncjob.backend = threads)'
+
+
+def dumps(value: Any) -> str:
+    """Strict JSON: ``TypeError`` for anything that would not come back as it went
+    in (non-string keys, which ``json`` turns into strings; sets; objects) or that
+    other readers reject (NaN, infinities). Tuples are written as lists."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(',', ':'),
+                          default=_refuse)
+    except ValueError as exc:  # NaN / inf, circular data
+        raise TypeError(str(exc)) from None
+    _check_keys(value)
+    return text
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f'{type(value).__name__} is not JSON: {value!r:.80}')
+
+
+def _check_keys(value: Any) -> None:
+    # json.dumps writes {1: 2} as {"1": 2}: the job would get other arguments.
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f'dict key {key!r} is not a string: JSON keys are strings')
+            _check_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_keys(item)
+
+
+def loads(text: str | None) -> Any:
+    """The value stored by :func:`dumps`; ``None`` for a NULL column."""
+    return None if text is None else json.loads(text)
+
+
+def dump_arguments(name: str, args: tuple | list, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The job's arguments as JSON; ``TypeError`` at the call site if they are not
+    plain data. A tuple comes back as a list, as JSON has no tuples."""
+    try:
+        return dumps(list(args)), dumps(kwargs)
+    except TypeError as exc:
+        raise TypeError(f'the sqlalchemy backend stores job arguments as JSON, and those '
+                        f'of {name} are not ({exc}); pass plain data (ids, strings, numbers, '
+                        f'lists, dicts with string keys){_HINT}') from None
+
+
+def callable_path(func: Callable[..., Any]) -> str:
+    """``module:qualname`` that a worker process imports ``func`` by; ``TypeError``
+    for lambdas, closures, ``__main__`` functions, bound methods of instances,
+    partials and other callable objects."""
+    module = getattr(func, '__module__', None)
+    qualname = getattr(func, '__qualname__', None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f'{func!r} has no import path: worker processes import the callable '
+                        f'by name, queue a module-level function{_HINT}')
+    if '<lambda>' in qualname or '<locals>' in qualname or module == '__main__':
+        raise TypeError(f'{func!r} cannot be imported by name by a worker process (a lambda, '
+                        f'a nested function, or defined in __main__): queue a module-level '
+                        f'function{_HINT}')
+    target: Any = sys.modules.get(module)
+    for part in qualname.split('.'):
+        target = getattr(target, part, None)
+    if target is not func and not (target is not None and target == func):
+        raise TypeError(f'{module}.{qualname} does not name {func!r} (a bound method of an '
+                        f'instance, or a replaced attribute): queue a module-level function '
+                        f'and pass the data it needs{_HINT}')
+    return f'{module}:{qualname}'
+
+
+def import_callable(path: str) -> Any:
+    """The object named by :func:`callable_path`'s ``module:qualname``."""
+    module, _, qualname = path.partition(':')
+    target: Any = importlib.import_module(module)
+    for part in qualname.split('.'):
+        target = getattr(target, part)
+    return target
+
+
+def dump_retry(policy: Retry | None) -> str | None:
+    """A :class:`Retry` as JSON, its exception types by import path."""
+    if policy is None:
+        return None
+    for value in (policy.backoff, policy.factor, policy.max_backoff):
+        if not math.isfinite(value):
+            raise ValueError(f'the sqlalchemy backend stores retry policies as JSON: '
+                             f'{policy!r} has a non-finite number')
+    return dumps({'on': [callable_path(t) for t in policy.on],
+                  'max_retries': int(policy.max_retries), 'backoff': policy.backoff,
+                  'factor': policy.factor, 'max_backoff': policy.max_backoff,
+                  'jitter': policy.jitter})
+
+
+def load_retry(text: str | None) -> Retry | None:
+    """The :class:`Retry` stored by :func:`dump_retry`."""
+    data = loads(text)
+    if data is None:
+        return None
+    data['on'] = tuple(import_callable(p) for p in data['on'])
+    return Retry(**data)

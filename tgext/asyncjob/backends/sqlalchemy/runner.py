@@ -1,0 +1,176 @@
+"""The claim loop of one process: a fetcher thread claims due jobs for the threads
+that are free, and ``threads`` executor threads run them.
+
+One fetcher per process (not one per thread) makes one claim for all free threads
+(one round trip for several jobs) and owns the single wake-up event, so no wake-up
+is ever consumed by a thread that then finds nothing to do.
+"""
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger('tgext.asyncjob')
+
+#: The longest wait between two claims after a database error.
+MAX_BACKOFF = 5.0
+
+
+class Runner:
+    """Runs claimed jobs on ``threads`` threads.
+
+    ``claim(n)`` returns up to ``n`` claimed rows; ``execute(row)`` runs one (never
+    raises); ``next_due()`` is the earliest ``run_at`` still queued (or ``None``);
+    ``wake`` is set when new jobs may be due; the fetcher claims at least every
+    ``poll_interval`` seconds. With ``burst``, :meth:`run` returns once no job is
+    due and none runs.
+    """
+
+    def __init__(self, claim: Callable[[int], list[dict[str, Any]]],
+                 execute: Callable[[dict[str, Any]], None],
+                 next_due: Callable[[], float | None], wake: threading.Event, *,
+                 threads: int = 1, poll_interval: float = 1.0, burst: bool = False,
+                 name: str = 'asyncjob'):
+        if int(threads) < 1:
+            raise ValueError(f'threads must be at least 1, got {threads!r}')
+        self.claim = claim
+        self.execute = execute
+        self.next_due = next_due
+        self.wake = wake
+        self.threads = int(threads)
+        self.poll_interval = poll_interval
+        self.burst = burst
+        self.name = name
+        self._free = threading.Semaphore(self.threads)
+        self._work: stdqueue.SimpleQueue[dict[str, Any] | None] = stdqueue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._idle = threading.Condition(self._busy_lock)
+        self._executors: list[threading.Thread] = []
+        self._fetcher: threading.Thread | None = None
+
+    # -- running -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the fetcher and executor threads (returns at once)."""
+        self._executors = [threading.Thread(target=self._execute_loop, daemon=True,
+                                            name=f'{self.name}-worker-{i}')
+                           for i in range(self.threads)]
+        for thread in self._executors:
+            thread.start()
+        self._fetcher = threading.Thread(target=self._fetch_loop, daemon=True,
+                                         name=f'{self.name}-fetcher')
+        self._fetcher.start()
+
+    def run(self) -> None:
+        """Start, and block until stopped and :meth:`release`\ d (or, in burst mode,
+        out of due jobs and done with the running ones)."""
+        self.start()
+        assert self._fetcher is not None
+        while self._fetcher.is_alive():
+            self._fetcher.join(0.5)  # wakes up for KeyboardInterrupt
+        if self._stopping.is_set():
+            # stop() decides how long running jobs get and what becomes of the rest.
+            while not self._released.wait(0.5):
+                pass
+            return
+        for _ in self._executors:
+            self._work.put(None)
+        for thread in self._executors:
+            thread.join()
+
+    @property
+    def busy(self) -> int:
+        """How many jobs are running now."""
+        return self._busy
+
+    def _fetch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            if not self._free.acquire(timeout=0.5):
+                continue  # every thread busy
+            free = 1
+            while free < self.threads and self._free.acquire(blocking=False):
+                free += 1
+            self.wake.clear()  # a wake-up from now on means: claim again
+            try:
+                rows = [] if self._stopping.is_set() else self.claim(free)
+            except Exception as exc:
+                for _ in range(free):
+                    self._free.release()
+                failures += 1
+                if failures == 1:
+                    log.warning('asyncjob: cannot claim jobs, retrying until the database '
+                                'answers: %s', exc)
+                self._stopping.wait(min(0.1 * 2 ** failures, MAX_BACKOFF))
+                continue
+            if failures:
+                log.warning('asyncjob: claiming jobs again')
+                failures = 0
+            for _ in range(free - len(rows)):
+                self._free.release()
+            if rows:
+                with self._busy_lock:
+                    self._busy += len(rows)
+                for row in rows:
+                    self._work.put(row)
+                continue
+            if self.burst and self._burst_done():
+                return
+            self._wait_for_work()
+
+    def _burst_done(self) -> bool:
+        with self._busy_lock:
+            if self._busy:
+                self._idle.wait(0.5)
+                return False
+        due = self.next_due()
+        return due is None or due > time.time()
+
+    def _wait_for_work(self) -> None:
+        timeout = self.poll_interval
+        try:
+            due = self.next_due()
+        except Exception:
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(due - time.time(), 0.0))
+        self.wake.wait(timeout)
+
+    def _execute_loop(self) -> None:
+        while True:
+            row = self._work.get()
+            if row is None:
+                return
+            try:
+                self.execute(row)
+            except BaseException:  # execute never raises; if it does, the thread goes on
+                log.exception('asyncjob: running job %s failed unexpectedly', row.get('id'))
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                    self._idle.notify_all()
+                self._free.release()
+
+    # -- stopping ------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> bool:
+        """Claim no more; wait up to ``timeout`` s for running jobs. True if none is
+        left running."""
+        self._stopping.set()
+        self.wake.set()
+        deadline = time.monotonic() + max(timeout, 0)
+        for _ in self._executors:
+            self._work.put(None)
+        for thread in self._executors:
+            thread.join(max(deadline - time.monotonic(), 0))
+        return not any(t.is_alive() for t in self._executors)
+
+    def release(self) -> None:
+        """Let :meth:`run` return (after :meth:`stop` and whatever follows it)."""
+        self._released.set()

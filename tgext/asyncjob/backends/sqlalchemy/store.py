@@ -1,0 +1,169 @@
+"""The jobs table as the queue's job store: every process reads the same records.
+
+Implements the store interface of :mod:`tgext.asyncjob.trackers.base`. Writes made
+for the job's life go through the backend's compare-and-set transitions; ``track``
+is empty because the INSERT that queues a job (:meth:`SQLAlchemyBackend.enqueue`) is
+its record.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from ...errors import TrackerUnavailable
+from ...trackers.base import check_progress_value, progress_from_record
+from . import codec, transitions
+from .rows import RECORD_COLUMNS, record_of
+from .engine import retry_disconnect
+from .runner import MAX_BACKOFF
+from .schema import jobs
+
+if TYPE_CHECKING:
+    from .backend import SQLAlchemyBackend
+
+log = logging.getLogger('tgext.asyncjob')
+
+
+class SQLJobStore:
+    """Job records in the backend's jobs table."""
+
+    supports_status = True
+    supports_listing = True
+
+    def __init__(self, backend: SQLAlchemyBackend):
+        self.backend = backend
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get_record(self, entryid: str) -> dict[str, Any] | None:
+        """The job's record, ``None`` if there is no such row (never queued, or pruned)."""
+        if not isinstance(entryid, str) or len(entryid) > 32:
+            return None
+        query = select(*RECORD_COLUMNS).where(jobs.c.id == entryid)
+        row = self._read(lambda conn: conn.execute(query).first())
+        return None if row is None else record_of(row)
+
+    def get_progress(self, entryid: str) -> tuple[int, Any] | None:
+        """The 0.3 answer: ``(-1, None)`` queued, ``(value, data)`` running, else ``None``."""
+        return progress_from_record(self.get_record(entryid))
+
+    def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """The most recently queued jobs, newest first."""
+        query = select(*RECORD_COLUMNS).order_by(jobs.c.enqueued_at.desc()).limit(int(limit))
+        rows = self._read(lambda conn: conn.execute(query).all())
+        return [(row.id, record_of(row)) for row in rows]
+
+    def _read(self, call: Callable[[Any], Any]) -> Any:
+        """``call(connection)`` on the read engine; once more after a dropped
+        connection; :class:`TrackerUnavailable` while the database cannot be reached
+        (the pages then say the status is unavailable, as with Redis)."""
+        def read() -> Any:
+            with self.backend.engines.read.connect() as conn:
+                return call(conn)
+        try:
+            return retry_disconnect(read)
+        except (OperationalError, InterfaceError) as exc:
+            raise TrackerUnavailable(f'the jobs database cannot be reached: {exc}') from exc
+
+    # -- writes --------------------------------------------------------------------
+
+    def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
+        """Insert the job's row (built by the backend's ``validate``): queuing the job
+        and writing its record are one INSERT."""
+        row = self.backend.take_row(entryid)
+        if row is not None:
+            self.backend.insert(row)
+
+    def update(self, entryid: str, fields: dict[str, Any]) -> None:
+        """A retry (running → queued at ``fields['eta']``). 'running' was written by
+        the row's claim already, except in immediate mode, which claims it here."""
+        run = self.backend.runs.get(entryid)
+        if fields.get('state') == 'running':
+            if run is None and self.backend.immediate:
+                self.backend.claim_immediate(entryid)
+            return
+        if fields.get('state') != 'queued' or run is None:
+            return
+        values = {'state': 'queued', 'run_at': fields.get('eta') or time.time(),
+                  'detail': fields.get('detail'), 'progress': None, 'data': None}
+        if fields.get('error') is not None:
+            values['error'] = codec.dumps(fields['error'])
+        def requeue() -> None:
+            with self.backend.engines.writing() as conn:
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
+        self._until_stored(requeue)
+        self.backend.requeued.add(entryid)
+
+    def finish(self, entryid: str, fields: dict[str, Any]) -> None:
+        """The final state. A run of this process: compare-and-set on that run (a
+        no-op if its own transaction already recorded it, or it was rescued);
+        otherwise the job must still be queued (cancelled, or not runnable)."""
+        values = {'state': fields['state'], 'finished_at': fields.get('finished_at', time.time()),
+                  'detail': fields.get('detail') or None}
+        if fields.get('result') is not None:
+            values['result'] = codec.dumps(fields['result'])  # TypeError: the queue keeps repr
+        if fields.get('error') is not None:
+            values['error'] = codec.dumps(fields['error'])
+        run = self.backend.runs.get(entryid)
+        if run is not None:
+            pending = self.backend.progress.take(entryid)
+            if pending is not None:
+                values.update(progress=pending['progress'], data=pending['data'])
+        try:
+            self._until_stored(lambda: self._finish(entryid, run, values))
+        except DBAPIError as exc:  # refused (not a connection problem): record why
+            log.exception('asyncjob %s: could not store its final state', entryid)
+            error = {'type': 'StoreError', 'message': f'its outcome could not be stored: '
+                     f'{type(exc).__name__}', 'traceback': ''}
+            self._until_stored(lambda: self._finish(entryid, run, {
+                'state': 'failed', 'finished_at': values['finished_at'],
+                'error': codec.dumps(error)}))
+
+    def _finish(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
+        with self.backend.engines.writing() as conn:
+            if run is not None:
+                transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
+                if self.backend.immediate:
+                    self.backend.runs.pop(entryid, None)
+            else:
+                conn.execute(update(jobs)
+                             .where(jobs.c.id == entryid, jobs.c.state == 'queued')
+                             .values(values))
+
+    def _until_stored(self, call: Callable[[], None]) -> None:
+        """``call()`` until the database answers: a job's end is never dropped because
+        the server was away (if this process stops first, the job is rescued)."""
+        failures = 0
+        while True:
+            try:
+                call()
+                return
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated
+                        or isinstance(exc, (OperationalError, InterfaceError))):
+                    raise
+                if self.backend.closed:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning('asyncjob: cannot reach the jobs database, retrying: %s', exc)
+                time.sleep(min(0.1 * 2 ** failures, MAX_BACKOFF))
+
+    def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        """Coalesced: see :class:`.progress.ProgressWriter`."""
+        check_progress_value(value)
+        self.backend.progress.put(entryid, value, message)
+
+    def remove(self, entryid: str) -> None:
+        """Forget a job that was never handed over."""
+        self.backend.take_row(entryid)
+        with self.backend.engines.writing() as conn:
+            conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
+
+    def flush(self) -> None:
+        """Write pending progress now."""
+        self.backend.progress.flush()

@@ -1,0 +1,57 @@
+"""State changes of job rows, each one compare-and-set ``UPDATE ... WHERE state = ...``.
+
+A running job's changes also name the worker and the attempt that claimed it, so a
+worker whose lease expired (its job rescued and maybe running elsewhere) changes
+nothing: the UPDATE matches no row and the caller learns it (``False``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Update
+
+from .schema import jobs
+
+FINAL_STATES = ('succeeded', 'failed', 'cancelled')
+
+
+def of_run(jobid: str, worker_id: str, attempt: int) -> Update:
+    """An UPDATE of the row only while this worker's run ``attempt`` holds it."""
+    return update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'running',
+                              jobs.c.worker_id == worker_id, jobs.c.attempt == attempt)
+
+
+def finish_run(conn: Connection, jobid: str, worker_id: str, attempt: int,
+               fields: dict[str, Any]) -> bool:
+    """Running → ``fields['state']`` (final, or ``queued`` for a retry); ``False`` if
+    the run no longer holds the row."""
+    values = dict(fields)
+    if values['state'] == 'queued':
+        values.update(worker_id=None, started_at=None, cancel_requested=False)
+    return conn.execute(of_run(jobid, worker_id, attempt).values(values)).rowcount == 1
+
+
+def cancel_queued(conn: Connection, jobid: str, now: float, detail: str) -> bool:
+    """Queued → cancelled, atomically: ``False`` if it is no longer queued (a worker
+    claimed it first, and the job runs)."""
+    stmt = (update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'queued')
+            .values(state='cancelled', finished_at=now, detail=detail))
+    return conn.execute(stmt).rowcount == 1
+
+
+def request_cancel(conn: Connection, jobid: str) -> bool:
+    """Flag a running job; its worker's monitor hands the flag to the job."""
+    stmt = (update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'running')
+            .values(cancel_requested=True))
+    return conn.execute(stmt).rowcount == 1
+
+
+def set_progress(conn: Connection, updates: list[dict[str, Any]]) -> None:
+    """Progress of running jobs, one executemany: ``{'jobid', 'progress', 'data'}``."""
+    from sqlalchemy import bindparam
+    stmt = (update(jobs).where(jobs.c.id == bindparam('jobid'), jobs.c.state == 'running')
+            .values(progress=bindparam('p_value'), data=bindparam('p_data')))
+    conn.execute(stmt, [{'jobid': u['jobid'], 'p_value': u['progress'], 'p_data': u['data']}
+                        for u in updates])

@@ -1,0 +1,245 @@
+"""Every ``asyncjob.*`` setting, defined once: its name, how a value is read and
+checked, its default, and a one-line description (the README's table is made from it).
+
+A value comes from, first to last: ``start_async_worker()`` arguments, the
+application's configuration (``.ini`` or blueprint), ``plug()`` options, the default.
+Every value is checked where it enters, so a bad one fails at start-up naming its key,
+not at the first job or request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from tg.support.converters import asbool
+
+PREFIX = 'asyncjob.'
+
+#: Where a setting may be given besides the configuration: ``plug()`` always;
+#: ``start_async_worker()`` only for those that configure the queue itself.
+QUEUE, APP = 'queue', 'app'
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One ``asyncjob.<name>`` setting."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    scope: str = QUEUE  #: QUEUE: also a start_async_worker() argument; APP: not
+
+    @property
+    def key(self) -> str:
+        """The configuration key, ``asyncjob.<name>``."""
+        return PREFIX + self.name
+
+    def coerce(self, value: Any) -> Any:
+        """``value`` read and checked; ``ValueError``/``TypeError`` naming the key."""
+        try:
+            return self.parse(value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f'{self.key}: {exc}') from None
+
+
+# -- parsers: each accepts the typed value (code) and its .ini string -----------------
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value.lstrip('-').isdigit():
+                raise ValueError(f'expected a whole number, got {value!r}')
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f'expected a whole number, got {value!r}')
+        if value < minimum:
+            raise ValueError(f'must be at least {minimum}, got {value!r}')
+        return value
+    return parse
+
+
+def seconds(value: Any) -> float:
+    """A finite number of seconds >= 0 (``nan``, ``inf`` and negatives rejected)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f'expected a number of seconds, got {value!r}') from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'expected a number of seconds, got {value!r}')
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f'expected a finite number of seconds >= 0, got {value!r}')
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return asbool(value)  # ValueError for anything but true/false, yes/no, on/off, 1/0
+    raise TypeError(f'expected true or false, got {value!r}')
+
+
+def _access(value: Any) -> Any:
+    # A bool, its .ini spelling, or a predicate called per request; None: only in debug.
+    if value is None or callable(value):
+        return value
+    return _boolean(value)
+
+
+def _backend(value: Any) -> Any:
+    if callable(value):
+        return value
+    name = str(value).strip()
+    if name not in ('threads', 'rq'):
+        raise ValueError(f'expected "threads", "rq" or a factory taking the JobQueue, '
+                         f'got {value!r}')
+    return name
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if it is a Redis URL redis-py reads as written: ``ValueError`` for a db
+    that is not a number (redis-py silently uses db 0 for ``redis://host/abc``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ('redis', 'rediss', 'unix'):
+        raise ValueError(f'expected "memory" or a redis://, rediss:// or unix:// URL, '
+                         f'got {url!r}')
+    dbs = parse_qs(parts.query).get('db', [])
+    path_db = parts.path.strip('/') if parts.scheme != 'unix' else ''
+    for db in dbs + ([path_db] if path_db else []):
+        if not db.isdigit():
+            raise ValueError(f'the Redis database must be a number, got {db!r} in {url!r}')
+    return url
+
+
+def _tracker(value: Any) -> Any:
+    # "memory", a Redis URL, or a tracker object (plug()/start_async_worker()).
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    return value if value == 'memory' else check_redis_url(value)
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ''
+    return text or None
+
+
+def _mount(value: Any) -> str | None:
+    # None: not mounted. An .ini says false/no/off/0 or nothing for that.
+    if value is None or value is False:
+        return None
+    name = str(value).strip().strip('/')
+    if name.lower() in ('', 'false', 'no', 'off', '0'):
+        return None
+    if not name.isidentifier():
+        raise ValueError(f'expected a controller attribute name, got {value!r}')
+    return name
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting('enabled', _boolean, True, 'false: plugged, but no queue is started', APP),
+    Setting('workers', _integer(1), 1, 'worker threads (1 keeps 0.3\'s FIFO order)'),
+    Setting('max_queue', _integer(0), 0, 'waiting jobs allowed (0: no bound)'),
+    Setting('put_timeout', seconds, 10.0,
+            'seconds ``asyncjob_perform`` waits on a full queue'),
+    Setting('attempts', _integer(1), 1, 'tries for retryable transaction conflicts'),
+    Setting('enqueue_on_commit', _boolean, False,
+            'hand jobs over only when the request commits'),
+    Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
+    Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
+    Setting('tracker', _tracker, None,
+            '``memory`` or a ``redis://`` URL; unset: memory (Redis with rq)'),
+    Setting('backend', _backend, 'threads', '``threads`` or ``rq`` (see `Scaling out`_)'),
+    Setting('mount', _mount, 'asyncjob', 'controller name on the root; false: not mounted',
+            APP),
+    Setting('show_tracebacks', _access, None,
+            'show failed jobs\' tracebacks: bool or predicate (unset: ``debug``)', APP),
+    Setting('jobs_access', _access, None,
+            'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
+    Setting('back_url', _text, None,
+            'the progress page\'s link back (unset: the referring page of the site)', APP),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: ``asyncjob.backend.<option>`` keys are passed to the backend as keyword arguments.
+BACKEND_PREFIX = PREFIX + 'backend.'
+
+
+def check_names(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """``TypeError`` naming the unknown ones and the valid ones, if any is unknown."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise TypeError(f'unknown {where} option(s): {", ".join(unknown)}; '
+                        f'valid: {", ".join(allowed)}')
+
+
+def check_conf_keys(conf: Mapping[str, Any] | None) -> None:
+    """``ValueError`` for an ``asyncjob.*`` key of the configuration that is no setting
+    (a typo such as ``asyncjob.worker``); ``asyncjob.backend.*`` keys are the backend's."""
+    unknown = sorted(k for k in (conf or {}) if isinstance(k, str) and k.startswith(PREFIX)
+                     and not k.startswith(BACKEND_PREFIX) and k[len(PREFIX):] not in BY_NAME)
+    if unknown:
+        raise ValueError(f'unknown setting(s) {", ".join(unknown)}; valid: '
+                         f'{", ".join(s.key for s in SETTINGS)}, {BACKEND_PREFIX}<option>')
+
+
+def coercion() -> dict[str, Callable[[Any], Any]]:
+    """``{key: coerce}`` for a TurboGears ``ConfigurationComponent.get_coercion``."""
+    return {s.key: s.coerce for s in SETTINGS}
+
+
+def resolve(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any],
+            explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting's value: ``explicit`` arguments, else ``conf``'s key, else
+    ``plugged`` options, else the default; each one checked (errors name the key)."""
+    check_conf_keys(conf)
+    values = {}
+    for setting in SETTINGS:
+        if explicit.get(setting.name) is not None:
+            value = explicit[setting.name]
+        elif conf is not None and setting.key in conf:  # None there may mean "off" (mount)
+            value = conf[setting.key]
+        elif plugged.get(setting.name) is not None:
+            value = plugged[setting.name]
+        else:
+            values[setting.name] = setting.default
+            continue
+        values[setting.name] = setting.coerce(value)
+    return values
+
+
+def backend_options(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any] | None,
+                    explicit: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The backend's keyword arguments, in the same order: ``explicit`` beats
+    ``asyncjob.backend.<name>`` keys, which beat ``plugged``."""
+    from_conf = {k[len(BACKEND_PREFIX):]: v for k, v in (conf or {}).items()
+                 if k.startswith(BACKEND_PREFIX)}
+    return {**(plugged or {}), **from_conf, **(explicit or {})}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if value is None:
+        return '(unset)'
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def rst_table() -> str:
+    """The settings as the reStructuredText table of the README."""
+    rows = [('key', 'default', 'meaning')]
+    rows += [(f'``{s.key}``', _shown(s.default), s.doc) for s in SETTINGS]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rule = '  '.join('=' * w for w in widths)
+
+    def line(row: tuple[str, str, str]) -> str:
+        return '  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return '\n'.join([rule, line(rows[0]), rule, *map(line, rows[1:]), rule])
