@@ -290,6 +290,9 @@ def _durable(w, results, settings):
             _rt(g(row, "job_rt", "durable-rt")),
             _fmt(p50), _mark(p50 <= 5) if ours and p50 else "", _fmt(g(row, "latency_p99_ms"))))
     w("")
+    w("SQLite: the same measurements on a SQLite file, %s jobs for the sqlalchemy backend "
+      "(`--sqlite-jobs`), %s for the threads backend.\n" % (
+          settings.get("sqlite_jobs", "?"), settings["durable_jobs"]))
     w("| SQLite file (for scale) | jobs/s | enqueue in txn µs | live µs | latency p50 ms | p99 ms |")
     w("|---|---|---|---|---|---|")
     for row in ("sqlalchemy-sqlite", "threads-sqlite"):

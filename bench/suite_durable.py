@@ -193,7 +193,7 @@ class Ours:
                 cfg["pg_host"], port or cfg["pg_port"], cfg["pg_db"])
         if backend == "sqlalchemy":
             try:
-                from tgext.asyncjob.backends.sqlalchemy import metadata
+                from tgext.asyncjob.backends.sqlalchemy import SQLAlchemyBackend, metadata
             except ImportError as e:
                 raise _unavailable("this tree has no sqlalchemy backend: %s" % e)
             import sqlalchemy
@@ -201,7 +201,18 @@ class Ours:
                                            if port else url)
             metadata.drop_all(eng)
             eng.dispose()
-            opts = {"backend": "sqlalchemy", "backend_options": {"in_process": False}}
+            # By name where the settings accept it, else the class as a backend factory.
+            known = True
+            try:
+                from tgext.asyncjob import settings
+                settings._backend("sqlalchemy")
+            except ValueError:
+                known = False
+            except (ImportError, AttributeError):
+                pass
+            self.backend_by = "name" if known else "class"
+            opts = {"backend": "sqlalchemy" if known else SQLAlchemyBackend,
+                    "backend_options": {"in_process": False}}
         else:
             opts = {}
         _, _, extras = tgapp.build("asyncjob", None, db_url=url, workers=THREADS, **opts)
@@ -341,4 +352,5 @@ def run(cfg):
             "latency_p50_ms": lat[len(lat) // 2] * 1e3,
             "latency_p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
             "enqueue_txn_us": cost_alone, "enqueue_txn_live_us": cost_live}, {
-        "jobs": n + k, "latency_samples": len(lat), "threads": THREADS, "impl": impl.name}
+        "jobs": n + k, "latency_samples": len(lat), "threads": THREADS, "impl": impl.name,
+        "backend_by": getattr(impl, "backend_by", None)}
