@@ -269,6 +269,10 @@ def _durable(w, results, settings):
     w("- **sqlalchemy**: this tree's backend in the bench TG app (`in_process = false`, "
       "then `backend.work(threads=4)` in this process); the enqueue goes through the app's "
       "DBSession inside `transaction.manager`.\n")
+    by = sorted({r["checks"].get("backend_by") for row in ("sqlalchemy-pg", "sqlalchemy-sqlite")
+                 for r in _runs(results, "durable", row) if r["checks"].get("backend_by")})
+    if by:
+        w("The sqlalchemy backend was selected by %s.\n" % "; ".join(by))
     floor, proc = g("floor-pg", "jobs_s"), g("procrastinate-pg", "jobs_s")
     w("| PostgreSQL | jobs/s | / floor (≥ 0.7) | / procrastinate (≥ 1) | enqueue in txn µs | "
       "live µs | round trips / enqueue (1) | round trips / job (workers) | latency p50 ms (≤ 5) "

@@ -201,21 +201,26 @@ class Ours:
                                            if port else url)
             metadata.drop_all(eng)
             eng.dispose()
-            # By name where the settings accept it, else the class as a backend factory.
-            known = True
-            try:
-                from tgext.asyncjob import settings
-                settings._backend("sqlalchemy")
-            except ValueError:
-                known = False
-            except (ImportError, AttributeError):
-                pass
-            self.backend_by = "name" if known else "class"
-            opts = {"backend": "sqlalchemy" if known else SQLAlchemyBackend,
-                    "backend_options": {"in_process": False}}
+            # By name; where the settings refuse the name, the class as a backend factory.
+            choices = [("name", "sqlalchemy"), ("class", SQLAlchemyBackend)]
         else:
-            opts = {}
-        _, _, extras = tgapp.build("asyncjob", None, db_url=url, workers=THREADS, **opts)
+            choices = [(None, None)]
+        for how, value in choices:
+            opts = {} if value is None else {"backend": value,
+                                             "backend_options": {"in_process": False}}
+            try:
+                _, _, extras = tgapp.build("asyncjob", None, db_url=url, workers=THREADS,
+                                           **opts)
+            except ValueError as e:
+                if how != "name":
+                    raise
+                refused = e
+                continue
+            if how == "class":
+                self.backend_by = "class (the name was refused: %s)" % refused
+            elif how == "name":
+                self.backend_by = "name"
+            break
         self.q, self.model = extras["queue"], extras["model"]
         if backend == "threads":
             self._park()
