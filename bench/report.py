@@ -8,6 +8,7 @@ import sys
 from statistics import median
 
 REQ_ROWS = ["floor", "0.3.1", "baseline", "current", "proto"]
+UNPINNED = [r + ":unpinned" for r in ("floor", "baseline", "current", "proto")]
 VERSIONS = ["0.3.1", "baseline", "current"]
 DB_KEYS = [("sqlite", "SQLite file"), ("pg", "PostgreSQL"),
            ("sqlite-nosync", "SQLite, synchronous=OFF"),
@@ -121,10 +122,26 @@ def render(results, facts, settings, cmd):
             _mark(cur <= 0.01) if cur is not None else "",
             _vs(_added(results, "current", clock), _added(results, "baseline", clock), False)
             + " (added µs)"))
+    for clock, label in (("webtest", "same, unpinned (both CPUs), WebTest"),
+                         ("body", "same, unpinned (both CPUs), time to body")):
+        cells = [_med(results, "request", r + ":unpinned", "%s_share" % clock)
+                 for r in ("floor", "baseline", "current")]
+        if cells[2] is None:
+            continue
+        added = [None if _med(results, "request", r, "%s_queue_us" % clock) is None else
+                 _med(results, "request", r, "%s_queue_us" % clock)
+                 - _med(results, "request", r, "%s_plain_us" % clock)
+                 for r in ("baseline:unpinned", "current:unpinned")]
+        w("| %s | ≤ 1%% | %s | – | %s | %s%s | %s |" % (
+            label, _pct(cells[0]), _pct(cells[1]), _pct(cells[2]), _mark(cells[2] <= 0.01),
+            _vs(added[1], added[0], False) + " (added µs)"))
     if _runs(results, "request", "proto"):
-        w("| *prototype `proto`: hand-off after the response* (WebTest / body) | ≤ 1%% | | | | "
-          "%s / %s | |" % (_pct(_med(results, "request", "proto", "webtest_share")),
-                           _pct(_med(results, "request", "proto", "body_share"))))
+        w("| *prototype `proto`: hand-off after the response* (WebTest / body; unpinned) "
+          "| ≤ 1%% | | | | %s / %s; %s / %s | |" % (
+              _pct(_med(results, "request", "proto", "webtest_share")),
+              _pct(_med(results, "request", "proto", "body_share")),
+              _pct(_med(results, "request", "proto:unpinned", "webtest_share")),
+              _pct(_med(results, "request", "proto:unpinned", "body_share"))))
     for key, label in DB_KEYS:
         suite = "db:" + key
         cells = [_med(results, suite, r, "ratio") for r in VERSIONS]
@@ -149,10 +166,11 @@ def render(results, facts, settings, cmd):
       "request the job has run and the worker waits again (0.5 ms idle). Two clocks: "
       "**WebTest** `TestApp.get` (lint off) and **body**: a bare WSGI call timed until the "
       "response body is complete, before `close()` (what a client behind a real server "
-      "waits for).\n" % (settings["requests"], settings["rounds"]))
+      "waits for). Rows `:unpinned` run one round on both CPUs instead of one.\n"
+      % (settings["requests"], settings["rounds"]))
     w("| row | clock | plain request µs | with one job µs | added µs | share | rounds |")
     w("|---|---|---|---|---|---|---|")
-    for row in REQ_ROWS:
+    for row in REQ_ROWS + UNPINNED:
         for clock in ("webtest", "body"):
             runs = _runs(results, "request", row)
             if not runs:
@@ -170,16 +188,22 @@ def render(results, facts, settings, cmd):
         w("µs added to the same `/plain` request by each piece, measured in one process per "
           "round with every piece interleaved in a shuffled order (median per round, median "
           "of rounds). See bench/NOTES.md for what it means.\n")
-        w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
-        w("|---|---|---|---|---|")
-        for key, label in PARTS:
-            cells = [_med(results, "parts", row, "%s_%s_us" % (clock, key))
-                     for clock in ("webtest", "body") for row in ("baseline", "current")]
-            w("| %s (`%s`) | %s |" % (label, key, " | ".join(_fmt(c) for c in cells)))
-        w("| *the plain request itself* | %s |" % " | ".join(
-            _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
-            for clock in ("webtest", "body") for row in ("baseline", "current")))
-        w("")
+        for suffix, title in (("", "pinned to one CPU"),
+                              (":unpinned", "unpinned, both CPUs (as a web server runs)")):
+            rows = [r + suffix for r in ("baseline", "current")]
+            if not any(_runs(results, "parts", r) for r in rows):
+                continue
+            w("*%s:*\n" % title.capitalize())
+            w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
+            w("|---|---|---|---|---|")
+            for key, label in PARTS:
+                cells = [_med(results, "parts", row, "%s_%s_us" % (clock, key))
+                         for clock in ("webtest", "body") for row in rows]
+                w("| %s (`%s`) | %s |" % (label, key, " | ".join(_fmt(c) for c in cells)))
+            w("| *the plain request itself* | %s |" % " | ".join(
+                _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
+                for clock in ("webtest", "body") for row in rows))
+            w("")
 
     if results.get("cpu"):
         w("CPU cost of the pieces on the caller's thread, outside a request, worker parked "

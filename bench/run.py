@@ -159,9 +159,17 @@ def plan(args, redis_cfg):
         venv = row if row in VENVS else "current"
         out.append(("request", row, venv, dict(base, mode="request", row=row,
                                                requests=args.requests), args.rounds))
+    for row in ("floor", "baseline", "current") + (("proto",) if args.proto else ()):
+        # Unpinned (cpu -1: both CPUs, as a web server runs): the woken worker can
+        # take the GIL on the other CPU while the request still runs.
+        venv = row if row in VENVS else "current"
+        out.append(("request", row + ":unpinned", venv,
+                    dict(base, mode="request", row=row, cpu=-1, requests=args.requests), 1))
     for row in ("baseline", "current"):
         out.append(("parts", row, row, dict(base, mode="parts", row=row,
                                             requests=args.requests // 3), args.rounds))
+        out.append(("parts", row + ":unpinned", row, dict(base, mode="parts", row=row, cpu=-1,
+                                                          requests=args.requests // 3), 1))
         out.append(("cpu", row, row, dict(base, mode="cpu", row=row), 1))
     for db in ("sqlite", "pg"):
         for fsync in (True, False):
