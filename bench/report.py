@@ -193,7 +193,7 @@ def render(results, facts, settings, cmd):
             rows = [r + suffix for r in ("baseline", "current")]
             if not any(_runs(results, "parts", r) for r in rows):
                 continue
-            w("*%s:*\n" % title.capitalize())
+            w("*%s:*\n" % (title[0].upper() + title[1:]))
             w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
             w("|---|---|---|---|---|")
             for key, label in PARTS:
