@@ -182,10 +182,10 @@ def plan(args, redis_cfg):
     for row in ("0.3.1", "baseline", "current"):
         out.append(("redis", row, row, dict(base, mode="redis", row=row, redis=redis_cfg,
                                             flush_redis=True), 1))
-    for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg", "sqlalchemy-sqlite",
-                "threads-sqlite"):
+    for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg", "floor-sqlite",
+                "sqlalchemy-sqlite", "threads-sqlite"):
         venv = "procrastinate" if row.startswith("procrastinate") else "current"
-        jobs = args.sqlite_jobs if row == "sqlalchemy-sqlite" else args.durable_jobs
+        jobs = args.sqlite_jobs if row in ("sqlalchemy-sqlite", "floor-sqlite") else args.durable_jobs
         cfg = dict(base, **pg, mode="durable", row=row, durable_jobs=jobs,
                    latency_samples=args.latency_samples)
         out.append(("durable", row, venv, cfg, 1))
@@ -242,8 +242,8 @@ def main():
     ap.add_argument("--db-jobs", type=int, default=500, help="insert jobs per database row")
     ap.add_argument("--durable-jobs", type=int, default=10000)
     ap.add_argument("--sqlite-jobs", type=int, default=1000,
-                    help="jobs for the sqlalchemy backend on SQLite (tens of jobs/s: 10,000 "
-                    "would take the whole run)")
+                    help="jobs for the sqlalchemy backend and the floor on SQLite (tens of "
+                    "jobs/s: 10,000 would take the whole run)")
     ap.add_argument("--latency-samples", type=int, default=300)
     ap.add_argument("--baseline", default=BASELINE, help="commit to compare with")
     ap.add_argument("--tree", help="measure this checkout's tgext/ (PYTHONPATH) as 'current'")

@@ -12,6 +12,8 @@ Rows (``cfg["row"]``):
   caller defers through a second App on ``SyncPsycopgConnector``;
 * ``sqlalchemy-pg`` / ``sqlalchemy-sqlite``: this tree's sqlalchemy backend in a
   TurboGears app (tgapp.py), ``backend.work(threads=4)`` in this process;
+* ``floor-sqlite``: the same claim loop by hand on a SQLite file (``BEGIN
+  IMMEDIATE`` claims, woken at commit by the enqueuing process, 1 s poll);
 * ``threads-sqlite``: the threads backend, 4 threads, memory tracker (no database:
   for scale).
 
@@ -110,6 +112,71 @@ class FloorPG:
                 continue
             getattr(durablejobs, row[1])(*row[2])
             conn.execute("UPDATE bench_floor_jobs SET state = 'done' WHERE id = %s", (row[0],))
+
+
+class FloorSQLite:
+    """The same claim loop by hand on a SQLite file (stdlib sqlite3): ``BEGIN
+    IMMEDIATE`` claims (one writer at a time), the enqueuing process wakes its own
+    workers at commit (an Event), a 1 s poll otherwise."""
+
+    name = "floor"
+
+    def __init__(self, cfg, port=None):
+        import sqlite3
+        self.sqlite3 = sqlite3
+        self.path = os.path.join(tempfile.mkdtemp(), "floor.sqlite")
+        self.conn = self._connect()
+        self.conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, task TEXT NOT NULL,"
+                          " args TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued')")
+        self.conn.execute("CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued'")
+        self.wake = threading.Event()
+
+    def _connect(self):
+        conn = self.sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+        return conn
+
+    def batch(self, n):
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO jobs (task, args) VALUES (?, ?)", [("tick", "[]")] * n)
+        self.conn.execute("COMMIT")
+        self.wake.set()
+
+    def in_txn(self):
+        conn = self.conn
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+
+        def commit():
+            conn.execute("COMMIT")
+            self.wake.set()
+
+        return lambda: conn.execute("INSERT INTO jobs (task, args) VALUES (?, ?)",
+                                    ("noop", "[]")), commit
+
+    def one(self, t0):
+        self.conn.execute("INSERT INTO jobs (task, args) VALUES (?, ?)", ("stamp", json.dumps([t0])))
+        self.wake.set()
+
+    def start(self):
+        for _ in range(THREADS):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        conn = self._connect()
+        while True:
+            self.wake.clear()
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id, task, args FROM jobs WHERE state = 'queued'"
+                               " ORDER BY id LIMIT 1").fetchone()
+            if row is not None:
+                conn.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
+            conn.execute("COMMIT")
+            if row is None:
+                self.wake.wait(1.0)
+                continue
+            getattr(durablejobs, row[1])(*json.loads(row[2]))
+            conn.execute("UPDATE jobs SET state = 'done' WHERE id = ?", (row[0],))
 
 
 class Procrastinate:
@@ -278,6 +345,8 @@ def make(cfg, port=None):
     row = cfg["row"]
     if row == "floor-pg":
         return FloorPG(cfg, port)
+    if row == "floor-sqlite":
+        return FloorSQLite(cfg, port)
     if row == "procrastinate-pg":
         return Procrastinate(cfg, port)
     if row in ("sqlalchemy-pg", "sqlalchemy-sqlite"):
