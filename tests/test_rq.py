@@ -687,12 +687,14 @@ def test_on_commit_delayed_job_committing_after_stop_is_reported_by_stop(rq_app,
     assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
 
 
-def test_the_backend_wants_a_tracker_workers_can_see(rq_setup):
-    """The configuration layer gives rq a Redis tracker; a queue made by hand with a
-    memory tracker gets a clear error, not jobs "queued" forever as the web sees them."""
-    with pytest.raises(ValueError, match="MemoryProgressTracker.*RedisProgressTracker"):
-        aj.JobQueue(MemoryProgressTracker(), backend="rq", backend_options=dict(
-            redis_url=rq_setup["redis_url"], queue_name=rq_setup["queue_name"]))
+def test_the_backend_keeps_records_where_workers_see_them(rq_setup):
+    """However the queue is made, a memory tracker (this process only) gives way to a
+    Redis tracker on the backend's Redis: the web sees what workers write."""
+    q = aj.JobQueue(MemoryProgressTracker(), backend="rq", backend_options=dict(
+        redis_url=rq_setup["redis_url"], queue_name=rq_setup["queue_name"]))
+    assert isinstance(q.store, RedisProgressTracker)
+    kwargs = q.store.redis.connection_pool.connection_kwargs
+    assert kwargs == q.backend.connection.connection_pool.connection_kwargs
 
 
 @pytest.mark.parametrize("option, value", [
