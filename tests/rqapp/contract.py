@@ -24,7 +24,7 @@ from rqapp import TESTS_DIR
 #: Seconds a worker gets to register, and to stop at teardown.
 WORKER_TIMEOUT = 30
 #: Abandoned-job detection made quick (see ``test_rq.FAST_DEATH``).
-OPTIONS = {"heartbeat_interval": 1, "abandoned_after": 3, "cleanup_interval": 0.5}
+OPTIONS = {"heartbeat_interval": 1, "abandoned_after": 6, "cleanup_interval": 0.5}
 
 
 def _queue(redis_url, queue_name):
