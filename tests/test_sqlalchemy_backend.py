@@ -813,3 +813,14 @@ def test_with_jobs_in_another_database_the_job_is_inserted_after_the_commit(
     queue_of(app).backend.work(threads=1, burst=True)
     assert queue_of(app).get_status(jobid).state is JobState.SUCCEEDED
     assert row_names(app) == ['committed']
+
+
+def test_a_stopped_queue_holds_no_database_connection(make_app, postgres_db_url):
+    app = sql_app(make_app, postgres_db_url)
+    q = queue_of(app)
+    wait_state(q, q.perform(noop), JobState.SUCCEEDED)
+    q.stop(10)
+    engines = {id(e): e for e in (q.backend.engines.write, q.backend.engines.read,
+                                  q.backend.engines.auto)}.values()
+    assert sum(e.pool.checkedin() + e.pool.checkedout() for e in engines) == 0
+    assert q.get_status(q.recent()[0].id).state is JobState.SUCCEEDED  # reads still work

@@ -476,6 +476,9 @@ class SQLAlchemyBackend(Backend):
                 self.runtime.lifecycle.retry(run.job, JobError(
                     'Interrupted', 'the worker stopped while the job ran'), 0)
         self._stop_services()
+        # Pooled connections are closed (status reads after the stop open new ones):
+        # a stopped queue holds no connection of the database's limited supply.
+        self.engines.dispose()
         if runner is not None:
             runner.release()  # work() returns now: everything is in the database
         return []
