@@ -37,7 +37,7 @@ class JobState(str, enum.Enum):
     @property
     def finished(self) -> bool:
         """True for the states a job never leaves."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        return self is JobState.SUCCEEDED or self is JobState.FAILED or self is JobState.CANCELLED
 
 
 def safe_str(value: Any) -> str:
