@@ -79,13 +79,7 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
                     'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
-    # The queue's settings only: the others (mount, page access) are the plugged app's.
-    values = settings.resolve(conf, {}, options, settings.QUEUE)
-    if conf is not None:
-        # A controller mounted by hand reads these on every request: a bad value must
-        # fail here, at start, not as a denial per request.
-        from .webaccess import check_access_rules
-        check_access_rules(conf)
+    values = settings.resolve(conf, {}, options)
     return _start(app_globals, progress_tracker, conf, hooks,
                   settings.backend_options(conf, None, backend_options), values)
 
@@ -120,15 +114,13 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
         super().__init__()
         self.plug_options: dict[str, Any] = {}
 
-    def get_coercion(self) -> dict[str, Any]:
-        # Applied by TurboGears to the .ini and blueprint: a bad value fails the build.
-        return settings.coercion()
-
     def get_actions(self) -> tuple[Any, ...]:
         return (EnvironmentLoadedConfigurationAction(self._start),)
 
     def _start(self, conf: Any, app: Any) -> None:
         options = self.plug_options
+        # Checked here rather than as TG coercions at configure time: the build fails
+        # just as early for the user, once TG's own set-up (renderers) is complete.
         values = settings.resolve(conf, options, {})
         # The resolved values go back into the configuration, where the web
         # controller reads asyncjob.mount, show_tracebacks and jobs_access.
