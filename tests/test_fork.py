@@ -127,6 +127,28 @@ def test_a_forked_child_holds_none_of_the_parents_jobs(started):
     assert q.cancel(delayed) is True
 
 
+
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
+def test_a_forked_child_exiting_does_not_interrupt_the_parents_running_job(
+        started, redis_url, redis_client):
+    from tgext.asyncjob import queue as queue_module
+    from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
+    q = started(RedisProgressTracker(url=redis_url), stop_timeout=0.1)
+    gate = Gate()
+    running = q.perform(gate.job)
+    gate.wait_entered()
+
+    def child():
+        queue_module._stop_at_exit()  # what the child's interpreter exit runs
+        return q.get_status(running).state.value
+
+    _, state_in_child = in_fork(child)
+    assert state_in_child == 'running'
+    assert q.get_status(running).state.value == 'running'
+    gate.release()
+    assert wait_finished(q, running).state.value == 'succeeded'
+
+
 # ------------------------------------------------------------------- gunicorn
 
 def _get(port, path, timeout=10):

@@ -195,6 +195,21 @@ def test_case5_jobs_running_at_exit_are_recorded_interrupted(redis_url, redis_tr
     assert redis_tracker.get_record(ids['quick'])['state'] == 'succeeded'
 
 
+def test_case5_a_job_ending_after_its_interrupt_keeps_the_interrupted_record(started, caplog):
+    q = started()
+    gate = Gate()
+    jobid = q.perform(gate.job)
+    gate.wait_entered()
+    [job] = q.lifecycle.held()
+    assert q.lifecycle.interrupt(job, 'the process is exiting')
+    with caplog.at_level(logging.WARNING, logger='tgext.asyncjob'):
+        gate.release()
+        wait_for(lambda: any('after it was recorded failed' in r.getMessage()
+                             for r in caplog.records), message='the late end was not logged')
+    status = q.get_status(jobid)
+    assert status.state.value == 'failed' and status.error.type == 'Interrupted'
+
+
 # ------------------------------------------------ case 7: async and generators
 
 async def _coroutine_job(path):

@@ -1,5 +1,8 @@
 """The Redis tracker against a real Redis: JSON records, expiry, key namespace, outages."""
 import json
+import os
+import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -7,12 +10,14 @@ import redis
 
 from tgext.asyncjob import (asyncjob_get_progress, asyncjob_get_status, asyncjob_perform,
                             asyncjob_set_progress, start_async_worker)
-from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
+from tgext.asyncjob.trackers.base import RESULT_BUDGET as BUDGET
+from tgext.asyncjob.trackers.redisdb import RedisProgressTracker, check_redis_url
 
 from jobhelpers import Gate, wait_finished
 from services import wait_for
 
 JOB = '0123456789abcdef0123456789abcdef'
+BIG = 10 * 1024 * 1024
 
 
 @pytest.fixture
@@ -128,3 +133,141 @@ def test_unreachable_redis_raises_tracker_unavailable_on_read():
 
 def test_redis_py_itself_is_real(redis_client):
     assert isinstance(redis_client, redis.Redis) and redis_client.ping()
+
+
+# -- issue 10 case 14: a hung Redis costs one bounded attempt --------------------------
+
+def test_a_hung_redis_stalls_perform_for_one_attempt_only(redis_server):
+    """SIGSTOP the server: TCP still connects, nothing answers. The README promises one
+    attempt bounded by ``socket_timeout``; retrying after the timeout doubled it."""
+    socket_timeout = 3.0
+    tracker = RedisProgressTracker(url=redis_server.url, socket_timeout=socket_timeout)
+    q = start_async_worker(SimpleNamespace(), tracker)
+    try:
+        wait_finished(q, asyncjob_perform(int, '1'))  # a live connection in the pool
+        os.kill(redis_server._process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            asyncjob_perform(int, '2')  # the tracker outage is logged, not raised
+            took = time.monotonic() - started
+        finally:
+            os.kill(redis_server._process.pid, signal.SIGCONT)
+    finally:
+        q.stop(30)
+    # The bound plus generous slack, and still below two attempts (2 * socket_timeout).
+    assert took < socket_timeout + 2.0, f'perform took {took:.1f} s'
+
+
+def test_startup_check_of_a_hung_redis_answers_within_its_timeout(redis_server):
+    tracker = RedisProgressTracker(url=redis_server.url)  # socket_timeout 5 s
+    os.kill(redis_server._process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        problem = tracker.startup_check(timeout=0.5)
+        took = time.monotonic() - started
+    finally:
+        os.kill(redis_server._process.pid, signal.SIGCONT)
+    assert 'did not answer PING' in problem and 'Timeout' in problem
+    assert took < 0.5 + 2.0, f'startup_check took {took:.1f} s'
+
+
+# -- issue 10 case 18: one job's writes reach Redis in order ------------------------------
+
+def test_a_jobs_progress_never_reaches_redis_before_its_start(redis_url, redis_client):
+    """With a write-behind that holds writes back (a long linger), the job's "running"
+    write waits in the buffer; its progress, sent at once, used to overtake it (seen:
+    progress 30 with started_at None). Progress is now sent behind what waits."""
+    tracker = RedisProgressTracker(url=redis_url, write_behind=30)
+    q = start_async_worker(SimpleNamespace(), tracker)
+    gate = Gate()
+
+    def job():
+        asyncjob_set_progress(30, 'thirty')
+        gate.job()
+
+    try:
+        jobid = asyncjob_perform(job)
+        gate.wait_entered()
+        stored = {k.decode(): v.decode()
+                  for k, v in redis_client.hgetall(f'asyncjob:job:{jobid}').items()}
+        assert stored['progress'] == '30'
+        assert stored['state'] == 'running' and float(stored['started_at']) > 0
+        assert stored['attempt'] == '1'
+    finally:
+        gate.release()
+        q.stop(5)  # waits for the job, then sends what the long linger holds back
+    assert q.get_status(jobid).state.value == 'succeeded'
+
+
+def test_a_late_start_never_lands_after_the_end(tracker, redis_client):
+    """Whatever the order writes arrive in, from this process or another, a finished
+    record is final in Redis itself (the write is a script that checks the state)."""
+    tracker.track(JOB)
+    other_process = RedisProgressTracker(client=redis_client)
+    tracker.finish(JOB, {'state': 'succeeded', 'finished_at': 5.0})
+    tracker.flush()
+    other_process.update(JOB, {'state': 'running', 'started_at': 4.0})
+    other_process.set_progress(JOB, 10, None)
+    other_process.flush()
+    assert redis_client.hget(f'asyncjob:job:{JOB}', 'state') == b'succeeded'
+    assert redis_client.hget(f'asyncjob:job:{JOB}', 'started_at') is None
+
+
+# -- issue 10 case 10: byte budgets in Redis ---------------------------------------------
+
+def test_ten_megabyte_results_and_messages_are_stored_truncated(redis_url, redis_client):
+    q = start_async_worker(SimpleNamespace(), RedisProgressTracker(url=redis_url))
+
+    def fail():
+        raise ValueError('m' * BIG)
+
+    try:
+        done = wait_finished(q, asyncjob_perform(lambda: 'r' * BIG))
+        failed = wait_finished(q, asyncjob_perform(fail))
+    finally:
+        q.stop(5)
+    for jobid in (done.id, failed.id):
+        key = f'asyncjob:job:{jobid}'
+        assert sum(redis_client.hstrlen(key, f) for f in redis_client.hkeys(key)) < 4 * BUDGET
+    assert done.result.startswith('r' * 1000) and 'truncated' in done.result
+    assert len(done.result.encode()) < BUDGET + 200 and 'budget' in done.detail
+    assert failed.error.type == 'ValueError' and 'truncated' in failed.error.message
+    assert len(failed.error.message.encode()) < BUDGET + 200
+
+
+# -- issue 11 section 3: the URL setting and a start-up check ------------------------------
+
+@pytest.mark.parametrize('url', ['redis://127.0.0.1:6379/abc', 'redis://127.0.0.1:6379/1x',
+                                 'redis://127.0.0.1:6379/0?db=two', 'redis://h:port/0',
+                                 'redis://127.0.0.1:6379/²', 'http://127.0.0.1:6379/0',
+                                 '127.0.0.1:6379'])
+def test_a_redis_url_redis_py_would_misread_is_refused(url):
+    with pytest.raises(ValueError, match='Redis URL'):
+        RedisProgressTracker(url=url)
+    with pytest.raises(ValueError, match='Redis URL'):
+        check_redis_url(url)
+
+
+@pytest.mark.parametrize('url,db', [('redis://127.0.0.1:6379/3', 3), ('redis://127.0.0.1', 0),
+                                    ('redis://127.0.0.1:6379/', 0),
+                                    ('redis://127.0.0.1:6379?db=4', 4),
+                                    ('rediss://user:pw@127.0.0.1:6380/5', 5)])
+def test_valid_redis_urls_are_read_as_written(url, db):
+    assert RedisProgressTracker(url=url).redis.connection_pool.connection_kwargs.get('db', 0) == db
+
+
+def test_the_ini_setting_rejects_a_bad_database():
+    from tgext.asyncjob.settings import coercion
+    with pytest.raises(ValueError, match='abc'):
+        coercion()['asyncjob.tracker']('redis://127.0.0.1:6379/abc')
+
+
+def test_startup_check_answers_none_when_redis_answers(tracker):
+    assert tracker.startup_check() is None
+
+
+def test_startup_check_says_why_when_redis_is_unreachable_and_never_raises():
+    from services import free_port
+    port = free_port()
+    problem = RedisProgressTracker(port=port).startup_check(timeout=0.5)
+    assert isinstance(problem, str) and str(port) in problem

@@ -1,8 +1,6 @@
 """tgext.asyncjob inside real TurboGears 2.5 applications (WebTest, SQLite and PostgreSQL)."""
 
-import json
 import logging
-import os
 
 import pytest
 import sqlalchemy
@@ -322,6 +320,7 @@ def test_the_tracker_setting_is_a_plug_option_too(make_app, sqlite_db_url, redis
 @pytest.mark.parametrize('key, value, where', [
     ('asyncjob.stop_timeout', 'nan', 'plug'),
     ('asyncjob.put_timeout', '-1', 'ini'),
+    ('asyncjob.put_timeout', '1e12', 'ini'),
     ('asyncjob.workers', '1.5', 'ini'),
     ('asyncjob.attempts', '0', 'ini'),
     ('asyncjob.jobs_access', 'yes please', 'ini'),
@@ -376,7 +375,7 @@ def test_redis_unreachable_at_start_is_one_warning_at_start(make_app, sqlite_db_
     url = f'redis://127.0.0.1:{free_port()}/0'
     with caplog.at_level(logging.WARNING, logger='tgext.asyncjob'):
         make_app(sqlite_db_url, extra_config={'asyncjob.tracker': url})
-    warned = [r.getMessage() for r in caplog.records if 'does not answer' in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if 'did not answer' in r.getMessage()]
     assert len(warned) == 1 and '127.0.0.1' in warned[0]
 
 
@@ -391,12 +390,12 @@ def test_one_start_up_line_names_backend_workers_and_tracker(make_app, sqlite_db
     assert 'tracker redis at 127.0.0.1:6379' in lines[0]
 
 
-def test_the_rq_backend_gets_a_redis_tracker_from_the_configuration(make_app, sqlite_db_url,
-                                                                    redis_url, caplog):
+def test_the_rq_backend_keeps_its_records_in_redis_and_says_so_at_start(
+        make_app, sqlite_db_url, redis_url, caplog):
     with caplog.at_level(logging.INFO, logger='tgext.asyncjob'):
         app = make_app(sqlite_db_url, extra_config={'asyncjob.backend': 'rq',
                                                     'asyncjob.backend.redis_url': redis_url})
-    assert isinstance(queue_of(app).tracker, RedisProgressTracker)
+    assert isinstance(queue_of(app).store, RedisProgressTracker)
     line, = [r.getMessage() for r in caplog.records if 'started' in r.getMessage()]
     assert 'backend rq' in line and 'worker thread' not in line
 
@@ -422,11 +421,14 @@ def test_a_big_enough_pool_is_not_warned(make_app, postgres_db_url, caplog):
     assert not [r for r in caplog.records if 'pool' in r.getMessage()]
 
 
-def test_uwsgi_without_threads_is_detected_from_its_options():
+def test_uwsgi_options_without_threads_or_fork_handlers_are_detected():
     from tgext.asyncjob.startup import uwsgi_warning
-    assert 'enable-threads' in uwsgi_warning({b'master': True, b'processes': b'4'})
-    assert uwsgi_warning({b'enable-threads': True}) is None
-    assert uwsgi_warning({'threads': b'4'}) is None
+    assert 'enable-threads' in uwsgi_warning({b'lazy-apps': True, b'processes': b'4'})
+    assert 'lazy-apps' in uwsgi_warning({b'master': True, b'enable-threads': True})
+    assert uwsgi_warning({b'enable-threads': True}) is None  # one process, no master
+    assert uwsgi_warning({'threads': b'4', 'master': True, 'lazy-apps': True}) is None
+    assert uwsgi_warning({b'enable-threads': True, b'processes': b'2',
+                          b'py-call-osafterfork': True}) is None
 
 
 # -- fork: the child never uses the parent's connections (issue 10 case 4) ---------------
@@ -443,22 +445,10 @@ def test_a_forked_child_never_uses_the_parents_database_connections(make_app,
     app = make_app(postgres_db_url, extra_config={'asyncjob.workers': '2'})
     q = queue_of(app)
     parent_pid = wait_finished(q, q.perform(backend_pid)).result  # its connection is pooled
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            pids = [q.wait(q.perform(backend_pid), 30).result for _ in range(3)]
-            os.write(write_fd, json.dumps(pids).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        child_pids = json.loads(pipe.read() or 'null')
-    assert os.waitpid(pid, 0)[1] == 0
-    assert child_pids is not None and None not in child_pids
+    from test_fork import in_fork
+    _, child_pids = in_fork(lambda: [q.wait(q.perform(backend_pid), 30).result
+                                     for _ in range(3)])
+    assert None not in child_pids
     assert parent_pid not in child_pids
     # The parent's pooled connection was left open for the parent (dispose(close=False)).
     assert wait_finished(q, q.perform(backend_pid)).result == parent_pid

@@ -102,7 +102,8 @@ class Runtime:
                 self.failed(job, exc)
             else:
                 leave_job()
-                self.lifecycle.succeed(job, result)
+                if not self.lifecycle.succeed(job, result):
+                    self._late(job, 'succeeded')
         finally:
             leave_job()
             try:
@@ -144,7 +145,13 @@ class Runtime:
         log.error('asyncjob %s (%s) failed%s: %s: %s', job.id, job.func_name,
                   f' ({not_retried})' if not_retried else '', error.type, error.message,
                   exc_info=exc)
-        self.lifecycle.fail(job, error, detail=not_retried)
+        if not self.lifecycle.fail(job, error, detail=not_retried):
+            self._late(job, 'failed')
+
+    def _late(self, job: Job, outcome: str) -> None:
+        # Finished is final: a job recorded as interrupted (at exit) keeps that record.
+        log.warning('asyncjob %s (%s) %s after it was recorded %s: that record stays',
+                    job.id, job.func_name, outcome, job.state.value)
 
     def _schedule_retry(self, job: Job) -> None:
         assert self.backend is not None and job.eta is not None

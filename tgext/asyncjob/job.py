@@ -37,7 +37,7 @@ class JobState(str, enum.Enum):
     @property
     def finished(self) -> bool:
         """True for the states a job never leaves."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        return self is JobState.SUCCEEDED or self is JobState.FAILED or self is JobState.CANCELLED
 
 
 def safe_str(value: Any) -> str:
@@ -74,6 +74,13 @@ class JobError:
     def as_record(self) -> dict[str, Any]:
         """The dict a tracker stores (and :meth:`JobStatus.from_record` reads back)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> JobError:
+        """The error :meth:`as_record` stored (keys it does not know are ignored: a
+        record written by another version must not break a status page)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> JobError:
@@ -129,7 +136,7 @@ class JobStatus:
             progress=record.get('progress'),
             data=record.get('data'),
             result=record.get('result'),
-            error=JobError(**error) if error else None,
+            error=JobError.from_record(error) if error else None,
             name=record.get('name'),
             enqueued_at=record.get('enqueued_at'),
             started_at=record.get('started_at'),
@@ -170,7 +177,8 @@ class Job:
         self.started_at: float | None = None
         self.meta: dict[str, Any] = meta if meta is not None else {}
         self.options = options
-        self.lock = threading.Lock()
+        # Reentrant: a hook told of a change (under the lock) may cancel its own job.
+        self.lock = threading.RLock()
 
     @property
     def func_name(self) -> str:

@@ -108,7 +108,7 @@ class Lifecycle:
             job.started_at = time.time()
             self.guard(self.store.update, job.id, {
                 'state': R.value, 'started_at': job.started_at, 'attempt': job.attempt})
-        self.hooks.emit('started', job)
+            self.hooks.emit('started', job)
         return True
 
     def succeed(self, job: Job, result: Any) -> bool:
@@ -144,7 +144,7 @@ class Lifecycle:
                 'state': Q.value, 'attempt': job.attempt, 'eta': job.eta,
                 'detail': f'attempt {job.attempt} failed; retrying in {delay:.3g} s',
                 'error': error.as_record()})
-        self.hooks.emit('retrying', job, error, delay)
+            self.hooks.emit('retrying', job, error, delay)
         return True
 
     def cancel(self, job: Job) -> bool:
@@ -158,8 +158,8 @@ class Lifecycle:
             if job.state is not Q:
                 return False
             job.cancel_requested = True
-            self._end(job, C, detail='cancelled before it started')
-        self._ended(job, 'cancelled')
+            self._end(job, C, 'cancelled', detail='cancelled before it started')
+        self._ended(job)
         return True
 
     def drop(self, job: Job, why: str) -> bool:
@@ -168,9 +168,9 @@ class Lifecycle:
         with job.lock:
             if job.state is not Q:
                 return False
-            self._end(job, C, detail=f'not run: {why}')
-        log.warning('asyncjob %s (%s) did not run: %s', job.id, job.func_name, why)
-        self._ended(job, 'cancelled')
+            log.warning('asyncjob %s (%s) did not run: %s', job.id, job.func_name, why)
+            self._end(job, C, 'cancelled', detail=f'not run: {why}')
+        self._ended(job)
         return True
 
     def _allowed(self, job: Job, target: JobState) -> bool:
@@ -182,13 +182,15 @@ class Lifecycle:
         with job.lock:
             if not self._allowed(job, state):
                 return False
-            self._end(job, state, result, error, detail)
-        self._ended(job, event, *event_args)
+            self._end(job, state, event, *event_args, result=result, error=error,
+                      detail=detail)
+        self._ended(job)
         return True
 
-    def _end(self, job: Job, state: JobState, result: Any = None,
-             error: JobError | None = None, detail: str = '') -> None:
-        # Under job.lock, the transition checked: the final state and its record.
+    def _end(self, job: Job, state: JobState, event: str, *event_args: Any,
+             result: Any = None, error: JobError | None = None, detail: str = '') -> None:
+        # Under job.lock, the transition checked: the final state, its record, and the
+        # hooks told (under the lock too, so that they see one job's events in order).
         job.state = state
         fields: dict[str, Any] = {'state': state.value, 'finished_at': time.time()}
         if result is not None:
@@ -198,11 +200,11 @@ class Lifecycle:
         if detail:
             fields['detail'] = detail
         self._write_final(job, fields)
-
-    def _ended(self, job: Job, event: str, *event_args: Any) -> None:
-        # After the lock: forget the job, tell the hooks, wake the waiters.
-        self._held.pop(job.id, None)
         self.hooks.emit(event, job, *event_args)
+
+    def _ended(self, job: Job) -> None:
+        # After the lock: forget the job, wake the waiters.
+        self._held.pop(job.id, None)
         with self._changed:
             self._changed.notify_all()
 

@@ -53,12 +53,17 @@ def eta_of(delay: Any, at: Any, now: float) -> float | None:
     return float(at)
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
 def check_callable(func: Any) -> None:
     """``TypeError`` for what cannot be a job: non-callables, and generator functions
     (calling one runs none of its body: the job would "succeed" doing nothing)."""
     if not callable(func):
         raise TypeError(f'asyncjob_perform needs a callable, got {type(func).__name__}: {func!r}')
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+    code = getattr(func, '__code__', None)  # functions and methods: read the flags at once
+    if (code.co_flags & _GENERATOR_FLAGS if code is not None
+            else inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)):
         raise TypeError(f'{func!r} is a generator function: its body runs only when iterated, '
                         'which nothing does in a job; queue a function that does the work')
 
@@ -106,6 +111,7 @@ class JobQueue:
         self.conf = conf
         self.hooks = Hooks(hooks)
         self.enqueue_on_commit = bool(enqueue_on_commit)
+        self._default_options = JobOptions(on_commit=self.enqueue_on_commit)
         self.lifecycle = Lifecycle(as_store(tracker), self.hooks)
         self.runtime = Runtime(self, self.lifecycle, conf=conf, attempts=self.attempts,
                                stopping=lambda: self._stopped)
@@ -171,8 +177,11 @@ class JobQueue:
         require_retry(retry)
         if on_commit is None:
             on_commit = self.enqueue_on_commit
-        job = Job(func, args, kwargs or {}, retry=retry,
-                  options=JobOptions(delay, at, bool(on_commit), retry))
+        if delay is None and at is None and retry is None and on_commit == self.enqueue_on_commit:
+            options = self._default_options  # the common case: one shared, immutable object
+        else:
+            options = JobOptions(delay, at, bool(on_commit), retry)
+        job = Job(func, args, kwargs or {}, retry=retry, options=options)
         job.eta = eta_of(delay, at, job.enqueued_at)
         self.backend.validate(job)
         record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}

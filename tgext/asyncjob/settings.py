@@ -9,11 +9,11 @@ not at the first job or request.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import parse_qs, urlsplit
 
 from tg.support.converters import asbool
+
+from . import checks
 
 PREFIX = 'asyncjob.'
 
@@ -42,78 +42,72 @@ class Setting:
         try:
             return self.parse(value)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f'{self.key}: {exc}') from None
+            raise type(exc)(f'{self.key} = {value!r} is not valid: {exc}') from None
 
 
 # -- parsers: each accepts the typed value (code) and its .ini string -----------------
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, str):
-            value = value.strip()
-            if not value.lstrip('-').isdigit():
-                raise ValueError(f'expected a whole number, got {value!r}')
+        if isinstance(value, str) and value.strip().lstrip('-').isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f'expected a whole number, got {value!r}')
-        if value < minimum:
-            raise ValueError(f'must be at least {minimum}, got {value!r}')
-        return value
+        return checks.count('the value', value, minimum=minimum)
     return parse
 
 
 def seconds(value: Any) -> float:
-    """A finite number of seconds >= 0 (``nan``, ``inf`` and negatives rejected)."""
+    """A finite number of seconds in [0, ``checks.MAX_SECONDS``]."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise ValueError(f'expected a number of seconds, got {value!r}') from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f'expected a number of seconds, got {value!r}')
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f'expected a finite number of seconds >= 0, got {value!r}')
-    return float(value)
+    checked = checks.seconds('the value', value)
+    assert checked is not None  # None passes only with none_ok
+    return checked
+
+
+_BOOLEAN = 'use true or false (also yes/no, on/off, 1/0)'
 
 
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return asbool(value)  # ValueError for anything but true/false, yes/no, on/off, 1/0
-    raise TypeError(f'expected true or false, got {value!r}')
+        try:
+            return asbool(value)
+        except ValueError:
+            raise ValueError(_BOOLEAN) from None
+    raise TypeError(_BOOLEAN)
 
 
 def _access(value: Any) -> Any:
     # A bool, its .ini spelling, or a predicate called per request; None: only in debug.
     if value is None or callable(value):
         return value
-    return _boolean(value)
+    try:
+        return _boolean(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'{_BOOLEAN} or a callable taking no arguments that returns '
+                         'whether to allow') from None
+
+
+#: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
+BACKENDS = ('threads', 'rq', 'sqlalchemy')
+
+
+#: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
+BACKENDS = ('threads', 'rq', 'sqlalchemy')
 
 
 def _backend(value: Any) -> Any:
     if callable(value):
         return value
     name = str(value).strip()
-    if name not in ('threads', 'rq'):
-        raise ValueError(f'expected "threads", "rq" or a factory taking the JobQueue, '
+    if name not in BACKENDS:
+        raise ValueError(f'expected {", ".join(map(repr, BACKENDS))} or a backend factory, '
                          f'got {value!r}')
     return name
-
-
-def check_redis_url(url: str) -> str:
-    """``url`` if it is a Redis URL redis-py reads as written: ``ValueError`` for a db
-    that is not a number (redis-py silently uses db 0 for ``redis://host/abc``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ('redis', 'rediss', 'unix'):
-        raise ValueError(f'expected "memory" or a redis://, rediss:// or unix:// URL, '
-                         f'got {url!r}')
-    dbs = parse_qs(parts.query).get('db', [])
-    path_db = parts.path.strip('/') if parts.scheme != 'unix' else ''
-    for db in dbs + ([path_db] if path_db else []):
-        if not db.isdigit():
-            raise ValueError(f'the Redis database must be a number, got {db!r} in {url!r}')
-    return url
 
 
 def _tracker(value: Any) -> Any:
@@ -121,7 +115,10 @@ def _tracker(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     value = value.strip()
-    return value if value == 'memory' else check_redis_url(value)
+    if value == 'memory':
+        return value
+    from .trackers.redisdb import check_redis_url  # redis is an optional dependency
+    return check_redis_url(value)
 
 
 def _text(value: Any) -> str | None:
@@ -153,8 +150,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
     Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
     Setting('tracker', _tracker, None,
-            '``memory`` or a ``redis://`` URL; unset: memory (Redis with rq)'),
-    Setting('backend', _backend, 'threads', '``threads`` or ``rq`` (see `Scaling out`_)'),
+            '``memory`` or a ``redis://`` URL; unset: memory (rq: Redis)'),
+    Setting('backend', _backend, 'threads',
+            '``threads``, ``rq`` or ``sqlalchemy`` (see `Scaling out`_)'),
     Setting('mount', _mount, 'asyncjob', 'controller name on the root; false: not mounted',
             APP),
     Setting('show_tracebacks', _access, None,
@@ -195,12 +193,15 @@ def coercion() -> dict[str, Callable[[Any], Any]]:
 
 
 def resolve(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any],
-            explicit: Mapping[str, Any]) -> dict[str, Any]:
-    """Every setting's value: ``explicit`` arguments, else ``conf``'s key, else
-    ``plugged`` options, else the default; each one checked (errors name the key)."""
+            explicit: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
+    """Every setting's value (of ``scope`` only, if given): ``explicit`` arguments, else
+    ``conf``'s key, else ``plugged`` options, else the default; each one checked
+    (errors name the key)."""
     check_conf_keys(conf)
     values = {}
     for setting in SETTINGS:
+        if scope is not None and setting.scope != scope:
+            continue
         if explicit.get(setting.name) is not None:
             value = explicit[setting.name]
         elif conf is not None and setting.key in conf:  # None there may mean "off" (mount)

@@ -21,32 +21,27 @@ log = logging.getLogger('tgext.asyncjob')
 PING_TIMEOUT = 1.0
 
 
-def make_tracker(tracker: Any, backend: Any, backend_options: Mapping[str, Any]) -> Any:
+def make_tracker(tracker: Any) -> Any:
     """The tracker object for the ``asyncjob.tracker`` value (``None``, ``memory``, a
-    Redis URL, or a tracker object). With the rq backend, the memory tracker (which
-    worker processes cannot see) becomes a Redis tracker on the backend's Redis."""
-    from .trackers.memory import MemoryProgressTracker
-    from .trackers.redisdb import RedisProgressTracker
+    Redis URL, or a tracker object). A backend that needs records every process sees
+    (rq) replaces a memory tracker itself (``Backend.own_store``)."""
     if tracker is None or tracker == 'memory':
-        tracker = MemoryProgressTracker()
-    elif isinstance(tracker, str):
+        from .trackers.memory import MemoryProgressTracker
+        return MemoryProgressTracker()
+    if isinstance(tracker, str):
+        from .trackers.redisdb import RedisProgressTracker
         return RedisProgressTracker(url=tracker)
-    if backend == 'rq' and isinstance(tracker, MemoryProgressTracker):
-        connection = backend_options.get('connection')
-        if connection is not None:
-            return RedisProgressTracker(client=connection)
-        from .backends.rq import DEFAULT_REDIS_URL
-        url = backend_options.get('redis_url') or DEFAULT_REDIS_URL
-        log.info('tgext.asyncjob: with the rq backend job records go to Redis (%s): the '
-                 'memory tracker cannot be seen by worker processes', _safe_url(url))
-        return RedisProgressTracker(url=url)
     return tracker
 
 
 def check(q: JobQueue, conf: Mapping[str, Any] | None) -> None:
     """Log a warning for each problem of this deployment that can be seen now."""
-    for client in _redis_clients(q):
-        _ping(client)
+    # A backend's own store (sqlalchemy: the app's database) may have no such check.
+    startup_check = getattr(q.store, 'startup_check', None)
+    problem = startup_check(PING_TIMEOUT) if startup_check is not None else None
+    if problem:
+        log.warning('tgext.asyncjob: %s: job records and progress cannot be stored until '
+                    'it does', problem)
     if _runs_jobs_here(q):
         uwsgi = sys.modules.get('uwsgi')  # only importable inside a uWSGI worker
         if uwsgi is not None:
@@ -62,21 +57,17 @@ def check(q: JobQueue, conf: Mapping[str, Any] | None) -> None:
 def describe(q: JobQueue) -> str:
     """One line: the backend, the worker count and the tracker."""
     backend = q.backend
-    name = type(backend).__name__
-    if name == 'WorkerPool':
-        where = f'backend threads, {q.workers} worker thread(s) in this process'
-    elif hasattr(backend, 'queue_name'):
-        where = (f'backend rq, queue {backend.queue_name!r} on '
-                 f'{_safe_url(getattr(backend, "redis_url", ""))}, jobs run by rq worker '
-                 'processes (gearbox rqworker)')
+    if not backend.spans_processes:
+        where = f'threads, {q.workers} worker thread(s) in this process'
     else:
-        where = f'backend {name}'
+        where = getattr(backend, 'description', None) or type(backend).__name__
     mode = ', immediate mode' if q.immediate else ''
-    return f'{where}{mode}, tracker {_tracker_name(q.tracker)}'
+    return f'backend {where}{mode}, tracker {_tracker_name(q.store)}'
 
 
 def _runs_jobs_here(q: JobQueue) -> bool:
-    return type(q.backend).__name__ == 'WorkerPool'
+    # Thread workers, or a backend of several processes whose web process works too.
+    return not q.backend.spans_processes or bool(getattr(q.backend, 'in_process', False))
 
 
 def _tracker_name(tracker: Any) -> str:
@@ -87,16 +78,6 @@ def _tracker_name(tracker: Any) -> str:
     return 'memory (this process only)' if name == 'MemoryProgressTracker' else name
 
 
-def _safe_url(url: str) -> str:
-    # Never log a password.
-    from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=f'{parts.username or ""}:***@{parts.hostname}'
-                               + (f':{parts.port}' if parts.port else ''))
-    return parts.geturl()
-
-
 def _address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     if 'path' in kwargs:
@@ -104,41 +85,24 @@ def _address(client: redis.Redis) -> str:
     return f'{kwargs.get("host", "localhost")}:{kwargs.get("port", 6379)}/{kwargs.get("db", 0)}'
 
 
-def _redis_clients(q: JobQueue) -> Iterator[redis.Redis]:
-    seen = set()
-    for client in (getattr(q.tracker, 'redis', None), getattr(q.backend, 'connection', None)):
-        if client is not None and _address(client) not in seen:
-            seen.add(_address(client))
-            yield client
-
-
-def _ping(client: redis.Redis) -> None:
-    """One short PING on a connection of its own (the client's may retry for seconds)."""
-    import redis as redis_module
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, 'socket_timeout': PING_TIMEOUT,
-              'socket_connect_timeout': PING_TIMEOUT, 'retry': None}
-    kwargs.pop('retry_on_error', None)
-    connection = pool.connection_class(**kwargs)
-    try:
-        connection.connect()
-        connection.send_command('PING')
-        connection.read_response()
-    except (redis_module.RedisError, OSError) as exc:
-        log.warning('tgext.asyncjob: Redis at %s does not answer (%s): job records and '
-                    'progress cannot be stored until it does', _address(client), exc)
-    finally:
-        connection.disconnect()
-
-
 def uwsgi_warning(opt: Mapping[Any, Any]) -> str | None:
     """What is wrong with these uWSGI options (``uwsgi.opt``) for worker threads."""
-    keys = {k.decode() if isinstance(k, bytes) else str(k) for k in opt}
-    if not keys & {'enable-threads', 'threads'}:
-        return ('uWSGI runs without enable-threads: the job worker threads will never '
-                'run. Add "enable-threads = true" (or "threads = N") to the uWSGI '
-                'configuration')
-    return None
+    options = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in opt.items()}
+    problems = []
+    if not options.keys() & {'enable-threads', 'threads'}:
+        problems.append('uWSGI runs without enable-threads: the job worker threads never '
+                        'run. Add "enable-threads = true" (or "threads = N")')
+    processes = options.get('processes', options.get('workers', b'1'))
+    forks = 'master' in options or int(processes.decode() if isinstance(processes, bytes)
+                                       else processes) > 1
+    if forks and not options.keys() & {'lazy-apps', 'lazy', 'py-call-osafterfork'}:
+        # uWSGI's fork() skips Python's fork handlers: a worker inherits the master's
+        # queue with none of its threads, and the master's database connections.
+        problems.append('uWSGI forks its workers from a master that loaded the '
+                        'application, without running Python\'s fork handlers: jobs queued '
+                        'in the workers never run. Add "lazy-apps = true" (or '
+                        '"py-call-osafterfork = true")')
+    return '; '.join(problems) or None
 
 
 def request_threads() -> int | None:

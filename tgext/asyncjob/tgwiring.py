@@ -79,7 +79,8 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
                     'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
-    values = settings.resolve(conf, {}, options)
+    # The queue's settings only: the others (mount, page access) are the plugged app's.
+    values = settings.resolve(conf, {}, options, settings.QUEUE)
     return _start(app_globals, progress_tracker, conf, hooks,
                   settings.backend_options(conf, None, backend_options), values)
 
@@ -93,7 +94,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    tracker = startup.make_tracker(tracker)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q

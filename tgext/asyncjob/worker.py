@@ -36,6 +36,8 @@ class WorkerThread(threading.Thread):
             job = channel.get()
             if job is None:
                 return
+            if self.pool.discarding:
+                continue  # stop() gave up waiting: it reports the jobs left
             self.current = job
             self.pool.runtime.execute(job)  # returns at once for a job cancelled or dropped meanwhile
             self.current = None

@@ -22,11 +22,13 @@ with :class:`~tgext.asyncjob.errors.UnsupportedOption` (as django-tasks'
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QueueStopped, UnsupportedOption
 from ..job import Job
+from ..options import JobOptions
 from ..retry import policy_for
 from ..scheduler import Scheduler
 
@@ -35,13 +37,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger('tgext.asyncjob')
 
-#: Job options (attributes of ``job.options``) and the flag that must be true to take
-#: a job that sets them. Filled in as features arrive (issue 13).
+#: Job options (fields of :class:`~tgext.asyncjob.options.JobOptions`) and the flag that
+#: must be true to take a job that sets them; only the options that exist so far are
+#: checked (issue 13 adds them).
 OPTION_FLAGS: dict[str, str] = {
-    'priority': 'supports_priority',
-    'unique_key': 'supports_unique',
-    'concurrency_key': 'supports_concurrency_limit',
-    'time_limit': 'supports_time_limit',
+    name: flag for name, flag in (
+        ('priority', 'supports_priority'),
+        ('unique_key', 'supports_unique'),
+        ('concurrency_key', 'supports_concurrency_limit'),
+        ('time_limit', 'supports_time_limit'),
+    ) if name in {f.name for f in dataclasses.fields(JobOptions)}
 }
 
 
@@ -93,16 +98,17 @@ class Backend:
         ``TypeError`` for callables or arguments they cannot carry). Called by
         ``JobQueue.perform`` before the job is stored."""
         name = type(self).__name__
+        options = job.options
         if job.eta is not None and not self.supports_delay:
             raise UnsupportedOption(f'{name} cannot delay jobs (delay=/at=)')
-        if getattr(job.options, 'on_commit', False) and not self.supports_on_commit:
+        if not self.supports_on_commit and getattr(options, 'on_commit', False):
             raise UnsupportedOption(f'{name} cannot hold jobs until the transaction commits '
                                     '(on_commit)')
         if not self.supports_retry and policy_for(job.retry, job.func) is not None:
             raise UnsupportedOption(f'{name} cannot retry jobs: drop the retry policy of '
                                     f'{job.func_name}')
         for option, flag in OPTION_FLAGS.items():
-            if getattr(job.options, option, None) is not None and not getattr(self, flag):
+            if not getattr(self, flag) and getattr(options, option, None) is not None:
                 raise UnsupportedOption(f'{name} does not support {option}= ({flag} is False)')
 
     def enqueue(self, job: Job) -> None:

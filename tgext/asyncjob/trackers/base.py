@@ -97,6 +97,8 @@ def note_truncation(fields: dict[str, Any], cut: list[str], budget: int) -> None
 def approx_size(obj: Any, limit: int) -> int:
     """Roughly the bytes ``obj`` holds (``sys.getsizeof`` over its containers and
     attributes), counted until past ``limit``: cost bounded by ``limit``, not ``obj``."""
+    if obj is None or type(obj) in (str, int, float, bool):
+        return sys.getsizeof(obj)  # the common case, without the walk below
     total, seen, todo = 0, set(), [obj]
     while todo and total <= limit:
         item = todo.pop()
@@ -254,6 +256,7 @@ class LegacyTrackerAdapter:
         self.tracker.remove(entryid)
 
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
+        check_progress_value(value)
         if not self._is_finished(entryid):
             self.tracker.set_progress(entryid, value, message)
 
@@ -291,6 +294,20 @@ class LegacyTrackerAdapter:
 
     def startup_check(self, timeout: float = 1.0) -> str | None:
         return None
+
+
+def startup_check(store: Any, timeout: float = 1.0) -> str | None:
+    """``store.startup_check(timeout)`` for any store, including ones written before that
+    method (a backend's own store, a duck-typed tracker): ``None`` if it answers or
+    cannot be asked, else why not. Never raises: its answer is a start-up warning."""
+    check = getattr(store, 'startup_check', None)
+    if not callable(check):
+        return None
+    try:
+        answer = check(timeout)
+    except Exception as exc:
+        return f'{type(store).__name__}.startup_check() failed: {exc!r}'
+    return str(answer) if answer else None
 
 
 REQUIRED_METHODS = ('track', 'remove', 'set_progress', 'get_progress')

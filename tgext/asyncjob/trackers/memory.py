@@ -96,12 +96,13 @@ class MemoryProgressTracker(ProgressTracker):
         """Move a job to the finished records, within its byte budget, and prune old
         ones. A job already finished keeps its first final state."""
         cut: list[str] = []
-        fields = dict(fields)
-        if 'result' in fields:
-            fields['result'] = self._clip(fields['result'], 'result', cut)
-        if 'error' in fields:
-            fields['error'], error_cut = clip_error(fields['error'], self.max_result_bytes)
-            cut += error_cut
+        if fields.get('result') is not None or fields.get('error') is not None:
+            fields = dict(fields)  # the caller's dict stays as it was
+            if fields.get('result') is not None:
+                fields['result'] = self._clip(fields['result'], 'result', cut)
+            if fields.get('error') is not None:
+                fields['error'], error_cut = clip_error(fields['error'], self.max_result_bytes)
+                cut += error_cut
         now = time.time()
         with self._lock:
             if entryid in self._finished:
@@ -125,8 +126,11 @@ class MemoryProgressTracker(ProgressTracker):
     def _keep_finished(self, entryid: str, record: dict[str, Any], now: float) -> None:
         # Called with the lock held (or in a fresh child). Each part is within its
         # budget by now, so sizing is cheap.
-        size = sum(approx_size(record.get(name), self.max_bytes)
-                   for name in ('result', 'error', 'data', 'detail'))
+        size = 0
+        for name in ('result', 'error', 'data', 'detail'):
+            value = record.get(name)
+            if value is not None:
+                size += approx_size(value, self.max_bytes)
         record['_expires'] = now + self.retention
         record['_bytes'] = size
         self._finished[entryid] = record

@@ -62,7 +62,7 @@ def check_redis_url(url: str) -> str:
     dbs = urllib.parse.parse_qs(parts.query).get('db', [])
     path_db = '' if parts.scheme == 'unix' else parts.path.strip('/')
     for db in ([path_db] if path_db else []) + dbs:
-        if not db.isdigit():
+        if not (db.isascii() and db.isdigit()):
             raise ValueError(f'the database in Redis URL {url!r} must be a number '
                              f'(redis://host:6379/0), got {db!r}')
     return url
@@ -209,13 +209,14 @@ class RedisProgressTracker(ProgressTracker):
         if fields.get('error') is not None:
             fields['error'], cut = clip_error(fields['error'], budget)
         if fields.get('result') is not None:
-            encoded = _dumps(fields['result'], 'the result')
-            text, size = clip_text(encoded, budget)
-            if size is not None:
+            result = fields['result']
+            out['result'] = encoded = _dumps(result, 'the result')
+            size = len(encoded.encode())
+            if size > budget:
+                # A string is cut as itself; anything else as its JSON text.
+                text, _ = clip_text(result if isinstance(result, str) else encoded, budget)
                 out['result'] = _dumps(text, 'the result')
                 cut.append(f'result truncated from {size} bytes of JSON')
-            else:
-                out['result'] = encoded
         note_truncation(fields, cut, budget)
         for k, v in fields.items():
             if v is None or k in out:

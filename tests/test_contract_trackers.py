@@ -1,0 +1,508 @@
+"""One table of behaviours, run against every tracker: memory, Redis (a real server), and
+a 0.3-style four-method tracker seen through the store interface (``as_store``).
+
+Each test is one row of the table. Where trackers differ by design, the difference is
+the capability flag ``supports_status`` (a 0.3 tracker keeps no finished records) or
+``supports_listing``, never the tracker's class.
+"""
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import tracemalloc
+from types import SimpleNamespace
+
+import pytest
+
+from tgext.asyncjob import asyncjob_perform, asyncjob_set_progress, start_async_worker
+from tgext.asyncjob.queue import JobQueue
+from tgext.asyncjob.trackers.base import (RESULT_BUDGET, JobStore, LegacyTrackerAdapter,
+                                          ProgressTracker, as_store, startup_check)
+from tgext.asyncjob.trackers.memory import MemoryProgressTracker
+from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
+
+from jobhelpers import Gate, wait_finished
+from services import wait_for
+
+BIG = 10 * 1024 * 1024  # 10 MB: far beyond any budget
+
+
+class FourMethodTracker(object):
+    """The README's (and 0.3's) custom tracker: four methods, nothing else."""
+
+    def __init__(self):
+        self.status = {}
+
+    def track(self, entryid):
+        self.status[entryid] = (-1, None)
+
+    def remove(self, entryid):
+        self.status.pop(entryid, None)
+
+    def set_progress(self, entryid, value, message):
+        self.status[entryid] = (value, message)
+
+    def get_progress(self, entryid):
+        return self.status.get(entryid)
+
+
+def make_tracker(kind, request, **options):
+    if kind == 'memory':
+        return MemoryProgressTracker(**options)
+    if kind == 'redis':
+        request.getfixturevalue('redis_client')  # the test db, flushed
+        return RedisProgressTracker(url=request.getfixturevalue('redis_url'), **options)
+    return FourMethodTracker()
+
+
+@pytest.fixture(params=['memory', 'redis', 'four-method'])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def store(kind, request):
+    return as_store(make_tracker(kind, request))
+
+
+def new_id():
+    return secrets.token_hex(16)
+
+
+def progress_of(store, jobid):
+    store.flush()  # buffered writes are part of what was written
+    return store.get_progress(jobid)
+
+
+def record_of(store, jobid):
+    store.flush()  # buffered writes are part of what was written
+    return store.get_record(jobid)
+
+
+def test_every_tracker_is_a_job_store(store):
+    assert isinstance(store, JobStore)
+    assert isinstance(store.supports_status, bool) and isinstance(store.supports_listing, bool)
+    assert store.startup_check() is None
+
+
+def test_track_answers_queued(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued', 'enqueued_at': 1.0, 'name': 'mod.func'})
+    assert progress_of(store, jobid) == (-1, None)
+    assert record_of(store, jobid)['state'] == 'queued'
+
+
+def test_update_says_running_where_the_tracker_keeps_states(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.update(jobid, {'state': 'running', 'started_at': 2.0, 'attempt': 1})
+    record = record_of(store, jobid)
+    if store.supports_status:
+        assert (record['state'], record['started_at'], record['attempt']) == ('running', 2.0, 1)
+        assert progress_of(store, jobid) == (0, None)
+    else:  # 0.3 trackers have no running state: queued until the first progress
+        assert record['state'] == 'queued'
+
+
+def test_progress_round_trips(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.update(jobid, {'state': 'running'})
+    store.set_progress(jobid, 30, {'step': 'thirty', 'n': [1, 2]})
+    assert progress_of(store, jobid) == (30, {'step': 'thirty', 'n': [1, 2]})
+    record = record_of(store, jobid)
+    assert (record['state'], record['progress'], record['data']) == (
+        'running', 30, {'step': 'thirty', 'n': [1, 2]})
+
+
+@pytest.mark.parametrize('value,error', [(-1, ValueError), (-100, ValueError),
+                                         (True, TypeError), (1.5, TypeError),
+                                         ('3', TypeError)])
+def test_progress_values_are_ints_not_negative(store, value, error):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    with pytest.raises(error):
+        store.set_progress(jobid, value, None)
+    assert progress_of(store, jobid) == (-1, None)
+
+
+def test_finish_is_final(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.update(jobid, {'state': 'running'})
+    store.finish(jobid, {'state': 'succeeded', 'result': {'rows': 3}, 'finished_at': 3.0})
+    assert progress_of(store, jobid) is None
+    if store.supports_status:
+        record = record_of(store, jobid)
+        assert (record['state'], record['result']) == ('succeeded', {'rows': 3})
+    else:
+        assert record_of(store, jobid)['state'] == 'unknown'
+
+
+def test_a_finished_record_is_never_brought_back_to_life(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.update(jobid, {'state': 'running'})
+    store.finish(jobid, {'state': 'failed', 'error': {'type': 'E', 'message': 'm',
+                                                      'traceback': ''}})
+    # A late start, a late progress (a job thread that outlived its record) and a second
+    # end: none of them changes a finished job.
+    store.update(jobid, {'state': 'running', 'started_at': 9.0})
+    store.set_progress(jobid, 50, 'late')
+    store.finish(jobid, {'state': 'succeeded', 'result': 'second end'})
+    assert progress_of(store, jobid) is None
+    record = record_of(store, jobid)
+    if store.supports_status:
+        assert record['state'] == 'failed' and 'started_at' not in record
+        assert record.get('result') is None and record.get('progress') is None
+    else:
+        assert record['state'] == 'unknown'
+
+
+def test_a_retry_goes_back_to_queued(store):
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.update(jobid, {'state': 'running', 'attempt': 1})
+    store.update(jobid, {'state': 'queued', 'attempt': 1, 'detail': 'retrying'})
+    assert progress_of(store, jobid) == (-1, None)
+
+
+def test_get_record_of_an_unknown_id(store):
+    record = store.get_record(new_id())
+    if store.supports_status:
+        assert record is None
+    else:
+        assert record['state'] == 'unknown'
+
+
+def test_remove_forgets_live_and_finished_jobs(store):
+    live, done = new_id(), new_id()
+    for jobid in (live, done):
+        store.track(jobid, {'state': 'queued'})
+    store.finish(done, {'state': 'succeeded'})
+    store.flush()
+    for jobid in (live, done):
+        store.remove(jobid)
+        assert progress_of(store, jobid) is None
+        record = store.get_record(jobid)
+        assert record is None or record['state'] == 'unknown'
+
+
+def test_recent_lists_newest_first_where_supported(store):
+    if not store.supports_listing:
+        with pytest.raises(NotImplementedError):
+            store.recent()
+        return
+    ids = [new_id() for _ in range(3)]
+    for n, jobid in enumerate(ids):
+        store.track(jobid, {'state': 'queued', 'enqueued_at': time.time() + n})
+    store.finish(ids[0], {'state': 'succeeded'})
+    store.flush()
+    listed = store.recent(10)
+    assert [i for i, _ in listed] == ids[::-1]
+    assert listed[-1][1]['state'] == 'succeeded'
+    assert [i for i, _ in store.recent(2)] == ids[:0:-1]
+
+
+def test_results_and_error_texts_are_kept_within_the_byte_budget(store):
+    if not store.supports_status:
+        return  # a 0.3 tracker keeps neither results nor errors
+    jobid, failed = new_id(), new_id()
+    for i in (jobid, failed):
+        store.track(i, {'state': 'queued'})
+    store.finish(jobid, {'state': 'succeeded', 'result': 'r' * BIG})
+    store.finish(failed, {'state': 'failed', 'error': {
+        'type': 'ValueError', 'message': 'm' * BIG, 'traceback': 't' * BIG}})
+    result = record_of(store, jobid)
+    assert result['state'] == 'succeeded'
+    assert RESULT_BUDGET <= len(result['result'].encode()) < RESULT_BUDGET + 200
+    assert 'truncated' in result['result'] and 'budget' in result['detail']
+    error = record_of(store, failed)['error']
+    for text in (error['message'], error['traceback']):
+        assert RESULT_BUDGET <= len(text.encode()) < RESULT_BUDGET + 200
+    assert 'error message' in record_of(store, failed)['detail']
+
+
+def test_small_results_are_kept_as_they_are(store):
+    if not store.supports_status:
+        return
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.finish(jobid, {'state': 'succeeded', 'result': ['é' * 1000, 42]})
+    record = record_of(store, jobid)
+    assert record['result'] == ['é' * 1000, 42] and not record.get('detail')
+
+
+def test_finished_records_expire_after_the_retention(kind, request):
+    if kind == 'four-method':
+        return  # keeps no finished records at all
+    # Redis expiry has a resolution of one second.
+    store = as_store(make_tracker(kind, request, retention=1))
+    jobid = new_id()
+    store.track(jobid, {'state': 'queued'})
+    store.finish(jobid, {'state': 'succeeded'})
+    store.flush()
+    assert store.get_record(jobid)['state'] == 'succeeded'
+    wait_for(lambda: store.get_record(jobid) is None, timeout=10,
+             message='the finished record outlived its retention')
+
+
+def test_a_job_through_the_queue(kind, request):
+    """The same behaviours as seen through a real queue and worker thread."""
+    q = start_async_worker(SimpleNamespace(), make_tracker(kind, request))
+    gate = Gate()
+
+    def job():
+        asyncjob_set_progress(40, 'forty')
+        gate.job()
+        return 'done'
+
+    try:
+        jobid = asyncjob_perform(job)
+        gate.wait_entered()
+        assert q.get_progress(jobid) == (40, 'forty')
+        gate.release()
+        if q.store.supports_status:
+            status = wait_finished(q, jobid)
+            assert (status.state.value, status.result) == ('succeeded', 'done')
+        else:
+            wait_for(lambda: q.get_progress(jobid) is None, message='job never ended')
+        assert q.get_progress(jobid) is None
+    finally:
+        q.stop(5)
+
+
+# -- the interface is checked when the queue is built -------------------------------------
+
+class Partial(ProgressTracker):
+    """Promises records (supports_status, the default) but forgets most methods."""
+
+    def __init__(self):
+        self.status = {}
+
+    def track(self, entryid, record=None):
+        self.status[entryid] = record
+
+    def remove(self, entryid):
+        self.status.pop(entryid, None)
+
+    def set_progress(self, entryid, value, message):
+        pass
+
+
+def test_a_tracker_subclass_that_forgets_methods_fails_when_the_queue_is_built():
+    with pytest.raises(TypeError) as info:
+        JobQueue(Partial())
+    message = str(info.value)
+    assert 'Partial' in message and 'update, finish, get_record' in message
+    assert 'supports_status = False' in message  # and how to be a 0.3 tracker instead
+
+
+def test_a_listing_tracker_must_implement_recent():
+    class Complete(Partial):
+        supports_listing = True
+
+        def update(self, entryid, fields):
+            pass
+
+        def finish(self, entryid, fields):
+            pass
+
+        def get_record(self, entryid):
+            return None
+
+    with pytest.raises(TypeError, match='recent'):
+        as_store(Complete())
+    Complete.supports_listing = False
+    assert as_store(Complete()).supports_status
+
+
+def test_a_subclass_without_supports_status_is_adapted_as_a_03_tracker():
+    class Old(Partial):
+        supports_status = False
+
+        def get_progress(self, entryid):
+            return (-1, None) if entryid in self.status else None
+
+    store = as_store(Old())
+    assert isinstance(store, LegacyTrackerAdapter) and not store.supports_status
+
+
+def test_an_object_without_the_four_methods_is_refused():
+    class Three(FourMethodTracker):
+        get_progress = None
+
+    with pytest.raises(TypeError, match='get_progress'):
+        as_store(Three())
+
+
+# -- the memory tracker: one lock, bytes, fork --------------------------------------------
+
+HAMMER = """
+import gc, secrets, sys, threading, time
+from tgext.asyncjob.trackers.memory import MemoryProgressTracker
+
+tracker = MemoryProgressTracker()
+for _ in range(3000):
+    tracker.track(secrets.token_hex(16), {'state': 'queued'})
+reader, errors, calls = threading.current_thread(), [], [0]
+
+def yield_gil(phase, info):
+    # In the reader only, now and then: long enough for a writer to take the GIL.
+    if threading.current_thread() is reader:
+        calls[0] += 1
+        if calls[0] % 20 == 0:
+            time.sleep(0.0001)
+
+def writer():
+    try:
+        for _ in range(3000):
+            tracker.track(secrets.token_hex(16), {'state': 'queued', 'enqueued_at': 1.0})
+    except Exception as exc:
+        errors.append(exc)
+
+threads = [threading.Thread(target=writer) for _ in range(2)]
+gc.set_threshold(1)
+gc.callbacks.append(yield_gil)
+for t in threads:
+    t.start()
+try:
+    rounds = 0
+    while rounds < 3 or any(t.is_alive() for t in threads):
+        tracker.recent(5)
+        rounds += 1
+except Exception as exc:
+    errors.append(exc)
+gc.callbacks.remove(yield_gil)
+for t in threads:
+    t.join()
+print(repr(errors))
+sys.exit(1 if errors else 0)
+"""
+
+
+def test_memory_tracker_track_and_recent_from_threads_never_race():
+    """Issue 10 case 16: track() wrote without the lock recent() iterates under.
+
+    recent() copies the records while track() adds some from other threads. To make
+    the thread switch happen *inside* that copy (where the race hid, once in a million
+    calls), there are more records than CPython keeps spare pairs for, so copying
+    allocates, every allocation runs the garbage collector (threshold 1), and a
+    collector callback yields the GIL to the writers. In a fresh interpreter, whose
+    collector state the test runner does not share.
+    """
+    done = subprocess.run([sys.executable, '-c', HAMMER], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_memory_tracker_is_bounded_in_bytes_not_only_by_count():
+    """Issue 10 case 10: 500 results of 1 MB held 479 MB for an hour."""
+    tracker = MemoryProgressTracker()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(500):
+            jobid = new_id()
+            tracker.track(jobid, {'state': 'queued'})
+            tracker.finish(jobid, {'state': 'succeeded', 'result': 'r' * 1024 * 1024})
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < tracker.max_bytes + 8 * 1024 * 1024, f'{held} bytes held'
+    assert tracker.get_record(jobid)['state'] == 'succeeded'
+
+
+def test_memory_tracker_drops_the_oldest_finished_records_past_max_bytes():
+    tracker = MemoryProgressTracker(max_bytes=10 * 1024 * 1024, max_result_bytes=2 * 1024 * 1024)
+    ids = [new_id() for _ in range(30)]
+    for jobid in ids:
+        tracker.track(jobid, {'state': 'queued'})
+        tracker.finish(jobid, {'state': 'succeeded', 'result': 'x' * 1024 * 1024})
+    kept = [jobid for jobid in ids if tracker.get_record(jobid) is not None]
+    assert 5 <= len(kept) <= 10 and kept == ids[-len(kept):]
+    assert tracker.get_record(ids[-1])['result'] == 'x' * 1024 * 1024  # under its budget
+
+
+def test_memory_tracker_keeps_the_newest_record_whatever_its_size():
+    tracker = MemoryProgressTracker(max_bytes=1024)
+    jobid = new_id()
+    tracker.track(jobid, {'state': 'queued'})
+    tracker.finish(jobid, {'state': 'succeeded', 'result': 'x' * 10000})
+    assert tracker.get_record(jobid)['state'] == 'succeeded'  # a waiter sees the end
+
+
+def test_memory_tracker_results_whose_repr_raises_are_kept_within_budget():
+    class Hostile:
+        def __init__(self):
+            self.payload = 'x' * (2 * RESULT_BUDGET)
+
+        def __repr__(self):
+            raise RuntimeError('no repr')
+
+    tracker = MemoryProgressTracker()
+    jobid = new_id()
+    tracker.track(jobid, {'state': 'queued'})
+    tracker.finish(jobid, {'state': 'succeeded', 'result': Hostile()})
+    record = tracker.get_record(jobid)
+    assert 'Hostile' in record['result'] and 'repr()' in record['detail']
+
+
+# Forking a process whose threads run is what gunicorn --preload does (Python 3.12+ warns).
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
+def test_memory_tracker_in_a_forked_child_shows_the_parents_live_jobs_as_unknown():
+    """Issue 10 case 4: the child's copy of the records said "queued" forever for jobs
+    that only the parent runs."""
+    tracker = MemoryProgressTracker()
+    queued, running, done = new_id(), new_id(), new_id()
+    for jobid in (queued, running, done):
+        tracker.track(jobid, {'state': 'queued', 'enqueued_at': time.time()})
+    tracker.update(running, {'state': 'running'})
+    tracker.finish(done, {'state': 'succeeded', 'result': 7})
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            report = {name: tracker.get_record(jobid) for name, jobid in
+                      [('queued', queued), ('running', running), ('done', done)]}
+            report['progress'] = [tracker.get_progress(queued), tracker.get_progress(running)]
+            report['listed'] = sorted(r['state'] for _, r in tracker.recent())
+            tracker.set_progress(running, 5, None)  # the child cannot revive it either
+            report['after'] = tracker.get_record(running)['state']
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        except BaseException:
+            os.write(write_fd, traceback.format_exc().encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        output = f.read()
+    os.waitpid(pid, 0)
+    report = json.loads(output)  # a traceback here means the child failed
+    assert report['queued']['state'] == report['running']['state'] == 'unknown'
+    assert f'process {os.getpid()}' in report['queued']['detail']
+    assert report['done'] == {'state': 'succeeded', 'enqueued_at': report['done']['enqueued_at'],
+                              'result': 7}
+    assert report['progress'] == [None, None]
+    assert report['listed'] == ['succeeded', 'unknown', 'unknown']
+    assert report['after'] == 'unknown'
+    # The parent's own records are untouched.
+    assert tracker.get_record(queued)['state'] == 'queued'
+    assert tracker.get_progress(running) == (0, None)
+
+
+def test_startup_check_of_any_store_never_raises(store):
+    class Raising(FourMethodTracker):
+        def startup_check(self, timeout):
+            raise RuntimeError('boom')
+
+    assert startup_check(store) is None
+    assert startup_check(FourMethodTracker()) is None  # cannot be asked: nothing to say
+    assert 'boom' in startup_check(Raising())
