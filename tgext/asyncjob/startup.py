@@ -21,10 +21,22 @@ log = logging.getLogger('tgext.asyncjob')
 PING_TIMEOUT = 1.0
 
 
-def make_tracker(tracker: Any) -> Any:
+def make_tracker(tracker: Any, backend: Any = None,
+                 backend_options: Mapping[str, Any] | None = None) -> Any:
     """The tracker object for the ``asyncjob.tracker`` value (``None``, ``memory``, a
-    Redis URL, or a tracker object). A backend that needs records every process sees
-    (rq) replaces a memory tracker itself (``Backend.own_store``)."""
+    Redis URL, or a tracker object).
+
+    Unset, it is a memory tracker, except for the rq backend, whose jobs run in other
+    processes: there it is a Redis tracker on the backend's own Redis, so progress and
+    states are seen from every process. A memory tracker asked for explicitly with rq
+    is refused by the backend, with the reason.
+    """
+    if tracker is None and backend == 'rq':
+        from .backends.rq.backend import DEFAULT_REDIS_URL
+        from .trackers.redisdb import RedisProgressTracker
+        url = (backend_options or {}).get('redis_url') or DEFAULT_REDIS_URL
+        log.info('tgext.asyncjob: the rq backend keeps job records in Redis at %s', url)
+        return RedisProgressTracker(url=url)
     if tracker is None or tracker == 'memory':
         from .trackers.memory import MemoryProgressTracker
         return MemoryProgressTracker()

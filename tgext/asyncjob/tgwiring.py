@@ -81,6 +81,11 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
     # The queue's settings only: the others (mount, page access) are the plugged app's.
     values = settings.resolve(conf, {}, options, settings.QUEUE)
+    if conf is not None:
+        # A controller mounted by hand reads these on every request: a bad value must
+        # fail here, at start, not as a denial per request.
+        from .webaccess import check_access_rules
+        check_access_rules(conf)
     return _start(app_globals, progress_tracker, conf, hooks,
                   settings.backend_options(conf, None, backend_options), values)
 
@@ -94,7 +99,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker)
+    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
