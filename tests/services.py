@@ -283,3 +283,13 @@ def check_postgres(url):
         ) from None
     finally:
         engine.dispose()
+
+
+DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/"
+
+
+def mariadb_server_url():
+    """The MariaDB/MySQL server URL (no database: tests make their own) from
+    ``ASYNCJOB_TEST_MARIADB_URL``."""
+    url = os.environ.get("ASYNCJOB_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
+    return url if url.endswith("/") else url + "/"

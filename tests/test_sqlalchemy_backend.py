@@ -17,9 +17,9 @@ from tgext.asyncjob.backends.sqlalchemy import JobNotStored, SQLAlchemyBackend, 
 
 from sampleapp import model
 from sampleapp.controllers.root import RootController, db_session
-from services import wait_for
+from services import mariadb_server_url, wait_for
 
-MARIADB_URL = 'mysql+pymysql://root@127.0.0.1:3306/'
+MARIADB_URL = mariadb_server_url()
 WAIT = 30
 
 # ----------------------------------------------------------------- databases
@@ -32,7 +32,8 @@ def _mariadb_admin():
         with engine.connect() as conn:
             conn.exec_driver_sql('SELECT 1')
     except Exception as exc:
-        pytest.fail(f'MariaDB is not reachable at {MARIADB_URL} (root, no password): {exc}',
+        pytest.fail(f'MariaDB is not reachable at {MARIADB_URL} (set ASYNCJOB_TEST_MARIADB_URL): '
+                    f'{exc}',
                     pytrace=False)
     return engine
 

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from .database import asyncjob_timed_query
 from .errors import (AlreadyStarted, AsyncJobError, JobFailed, NoWorkerError, NotInJobError,
-                     QueueFull, QueueStopped, TrackerUnavailable, UnsupportedOption)
+                     QueueFull, QueueStopped, TrackerUnavailable, UnsupportedOption,
+                     WorkerDied)
 from .job import JobError, JobState, JobStatus
 from .context import running_job, running_queue
 from .options import JobOptions
@@ -25,7 +26,7 @@ __all__ = [
     'plugme', 'stop_all', 'current_queue', 'Retry', 'retry', 'JobOptions',
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
-    'JobFailed', 'UnsupportedOption',
+    'JobFailed', 'UnsupportedOption', 'WorkerDied',
 ]
 
 

@@ -34,6 +34,12 @@ class UnsupportedOption(AsyncJobError, ValueError):
     capability flags of :class:`~tgext.asyncjob.backends.base.Backend`)."""
 
 
+class WorkerDied(AsyncJobError):
+    """The process running a job ended before the job did (killed, out of memory,
+    machine lost). Raised nowhere: it is what a retry policy is asked about for such a
+    run (``Retry(on=(WorkerDied,))`` works on every backend) and what the record says."""
+
+
 class JobFailed(Exception):
     """Raise it in a job to fail it with a message meant for the job's user.
 

@@ -8,11 +8,11 @@ be reused while it still executes.
 """
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from typing import Any, Callable
 
+from ... import importpath
+from ...importpath import THREADS_HINT, import_callable
 from ...job import Job
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
@@ -21,8 +21,6 @@ RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
 ON_FAILURE = 'tgext.asyncjob.backends.rq.rq_job_failed'
 
 _JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
-THREADS_HINT = ("; or run it in the web process with the in-process backend "
-                "(asyncjob.backend = threads)")
 
 
 def is_our_id(jobid: Any) -> bool:
@@ -53,46 +51,9 @@ def died_key(rq_id: str) -> str:
 
 
 def callable_path(func: Callable[..., Any]) -> str:
-    """``module:qualname`` a worker process can import ``func`` by.
-
-    Raises ``TypeError`` for what it cannot: lambdas, closures and nested functions,
-    functions of ``__main__``, bound methods of instances, partials and other
-    callable objects.
-    """
-    module = getattr(func, '__module__', None)
-    qualname = getattr(func, '__qualname__', None)
-    what = f'{func!r}'
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(f'the rq backend runs jobs in worker processes, which import the '
-                        f'callable by name, and {what} has none: queue a module-level '
-                        f'function instead{THREADS_HINT}')
-    if '<lambda>' in qualname or '<locals>' in qualname:
-        kind = 'a lambda' if '<lambda>' in qualname else 'a nested function or closure'
-        raise TypeError(f'the rq backend cannot queue {what}: it is {kind}, which worker '
-                        f'processes cannot import; queue a module-level function '
-                        f'instead{THREADS_HINT}')
-    if module == '__main__':
-        raise TypeError(f'the rq backend cannot queue {what}: it is defined in __main__, '
-                        f'which worker processes cannot import; move it to a module'
-                        f'{THREADS_HINT}')
-    target: Any = sys.modules.get(module)
-    for part in qualname.split('.'):
-        target = getattr(target, part, None)
-    if target is not func and not (target is not None and target == func):
-        raise TypeError(f'the rq backend cannot queue {what}: {module}.{qualname} does not '
-                        f'name it (a bound method of an instance, or a replaced attribute); '
-                        f'queue a module-level function and pass the data it needs'
-                        f'{THREADS_HINT}')
-    return f'{module}:{qualname}'
-
-
-def import_callable(path: str) -> Callable[..., Any]:
-    """The callable named by :func:`callable_path`."""
-    module, _, qualname = path.partition(':')
-    target: Any = importlib.import_module(module)
-    for part in qualname.split('.'):
-        target = getattr(target, part)
-    return target
+    """``module:qualname`` that an RQ worker imports ``func`` by (see
+    :mod:`tgext.asyncjob.importpath`)."""
+    return importpath.callable_path(func, 'rq')
 
 
 def runner_call(job: Job) -> dict[str, Any]:

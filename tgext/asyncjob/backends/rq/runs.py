@@ -20,7 +20,7 @@ import redis
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 
-from ...errors import AsyncJobError
+from ...errors import WorkerDied
 from ...job import Job, JobError, JobState
 from .calls import cancel_key, claim_key, died_key, job_from_rq, job_of
 
@@ -37,11 +37,6 @@ CANCEL_PROBE_INTERVAL = 0.5
 
 #: Live backends of this process by RQ queue name: how a worker finds the app's queue.
 BACKENDS: weakref.WeakValueDictionary[str, RQBackend] = weakref.WeakValueDictionary()
-
-
-class WorkerDied(AsyncJobError):
-    """The process running a job ended before the job did (killed, out of memory):
-    what a retry policy sees for such a run (``Retry(on=...)`` may name it)."""
 
 
 _CANCEL_SLOT: Any = Job.__dict__['cancel_requested']

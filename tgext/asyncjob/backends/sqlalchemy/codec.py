@@ -6,15 +6,13 @@ is a ``module:qualname`` the worker imports, checked at the call site.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from typing import Any, Callable
 
+from ... import importpath
+from ...importpath import THREADS_HINT as _HINT, import_callable
 from ...retry import Retry
-
-_HINT = '; or run it in the web process with the threads backend (asyncjob.backend = threads)'
 
 
 def dumps(value: Any) -> str:
@@ -63,35 +61,9 @@ def dump_arguments(name: str, args: tuple | list, kwargs: dict[str, Any]) -> tup
 
 
 def callable_path(func: Callable[..., Any]) -> str:
-    """``module:qualname`` that a worker process imports ``func`` by; ``TypeError``
-    for lambdas, closures, ``__main__`` functions, bound methods of instances,
-    partials and other callable objects."""
-    module = getattr(func, '__module__', None)
-    qualname = getattr(func, '__qualname__', None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(f'{func!r} has no import path: worker processes import the callable '
-                        f'by name, queue a module-level function{_HINT}')
-    if '<lambda>' in qualname or '<locals>' in qualname or module == '__main__':
-        raise TypeError(f'{func!r} cannot be imported by name by a worker process (a lambda, '
-                        f'a nested function, or defined in __main__): queue a module-level '
-                        f'function{_HINT}')
-    target: Any = sys.modules.get(module)
-    for part in qualname.split('.'):
-        target = getattr(target, part, None)
-    if target is not func and not (target is not None and target == func):
-        raise TypeError(f'{module}.{qualname} does not name {func!r} (a bound method of an '
-                        f'instance, or a replaced attribute): queue a module-level function '
-                        f'and pass the data it needs{_HINT}')
-    return f'{module}:{qualname}'
-
-
-def import_callable(path: str) -> Any:
-    """The object named by :func:`callable_path`'s ``module:qualname``."""
-    module, _, qualname = path.partition(':')
-    target: Any = importlib.import_module(module)
-    for part in qualname.split('.'):
-        target = getattr(target, part)
-    return target
+    """``module:qualname`` that a worker process imports ``func`` by (see
+    :mod:`tgext.asyncjob.importpath`)."""
+    return importpath.callable_path(func, 'sqlalchemy')
 
 
 def dump_retry(policy: Retry | None) -> str | None:
