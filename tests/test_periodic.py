@@ -172,10 +172,11 @@ def _per_slot(runs, slots):
     return {slot: sorted(pid for s, pid in runs if s == slot) for slot in slots}
 
 
-@pytest.mark.parametrize('mode', ['redis', 'sqlalchemy'])
-def test_two_processes_run_each_slot_exactly_once(procs, redis_client, mode, request):
-    if mode == 'sqlalchemy':
-        procs.env['PERIODIC_DB'] = request.getfixturevalue('postgres_db_url')
+@pytest.mark.parametrize('mode, db', [('redis', None), ('sqlalchemy', 'sqlite_db_url'),
+                                      ('sqlalchemy', 'postgres_db_url')])
+def test_two_processes_run_each_slot_exactly_once(procs, redis_client, mode, db, request):
+    if db is not None:  # one database for both processes: the app's and the backend's
+        procs.env['PERIODIC_DB'] = request.getfixturevalue(db)
     a = _start(procs, mode)
     b = _start(procs, mode)
     first = int(max(a.ready_at, b.ready_at)) + 2  # both processes are running by then
