@@ -173,12 +173,14 @@ def _per_slot(runs, slots):
 
 
 @pytest.mark.parametrize('mode, db', [('redis', None), ('sqlalchemy', 'sqlite_db_url'),
-                                      ('sqlalchemy', 'postgres_db_url')])
+                                      ('sqlalchemy', 'postgres_db_url'), ('rq', None)])
 def test_two_processes_run_each_slot_exactly_once(procs, redis_client, mode, db, request):
     if db is not None:  # one database for both processes: the app's and the backend's
         procs.env['PERIODIC_DB'] = request.getfixturevalue(db)
     a = _start(procs, mode)
     b = _start(procs, mode)
+    if mode == 'rq':  # runs the jobs, and claims slots too: its app has the schedule
+        procs.worker('--app', 'periodicproc:rq_app')
     first = int(max(a.ready_at, b.ready_at)) + 2  # both processes are running by then
     slots = [first, first + 1, first + 2]
     wait_for(lambda: max([s for s, _ in _runs(redis_client, procs.key)] or [0]) >= first + 5,
@@ -212,3 +214,38 @@ def test_never_fires_in_setup_app_tgshell_or_disabled(procs, redis_client):
     assert 'never fire in gearbox setup-app' in blocked[0].output()
     assert 'never fire in gearbox tgshell' in blocked[1].output()
     assert all(p.alive() for p in blocked)
+
+
+# -- the database claim: one row per (schedule, slot) ----------------------------------
+
+
+@pytest.mark.parametrize('db', ['sqlite_db_url', 'postgres_db_url'])
+def test_sql_claims_let_one_of_many_concurrent_claimers_win(db, request):
+    import threading
+
+    from tgext.asyncjob.backends.sqlalchemy.engine import make_engines
+    from tgext.asyncjob.backends.sqlalchemy.periodic import SQLClaims, periodic_slots
+    from tgext.asyncjob.backends.sqlalchemy.schema import create_tables
+    engines = make_engines(request.getfixturevalue(db))
+    try:
+        create_tables(engines.write)  # the slot table is on the backend's metadata
+        claims = SQLClaims(engines, keep=60)
+        barrier, won = threading.Barrier(8), []
+
+        def claimer():
+            barrier.wait()
+            won.append(claims.claim('nightly', 1000))
+
+        threads = [threading.Thread(target=claimer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(won) == [False] * 7 + [True]
+        assert claims.claim('other', 1000) and claims.claim('nightly', 1001)
+        assert claims.claim('nightly', 1100)  # prunes rows older than keep
+        with engines.read.connect() as conn:
+            rows = conn.execute(periodic_slots.select().order_by('name', 'slot')).all()
+        assert [(r.name, r.slot) for r in rows] == [('nightly', 1100), ('other', 1000)]
+    finally:
+        engines.dispose()
