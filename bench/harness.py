@@ -212,7 +212,8 @@ SUITES = {"request": "suite_request", "parts": "suite_parts", "cpu": "profile_pe
 
 def main():
     cfg = json.loads(sys.argv[1])
-    os.sched_setaffinity(0, {cfg["cpu"]})  # inherited by every thread started later
+    if cfg["cpu"] >= 0:  # -1: every CPU (as a web server runs), else one
+        os.sched_setaffinity(0, {cfg["cpu"]})  # inherited by every thread started later
     if cfg.get("redis"):
         rc = cfg["redis"]
         os.environ["BENCH_REDIS_URL"] = "redis://%s:%d/%d" % (rc["host"], rc["port"], rc["db"])

@@ -33,6 +33,21 @@ def run(cfg):
         pass
 
     bare = stdqueue.Queue()
+    from tgext.asyncjob import queue as qm
+    extra = {}  # pieces that exist in one tree only (None when absent)
+    extra["check_callable(fn)"] = (best(lambda: qm.check_callable(noop))
+                                   if hasattr(qm, "check_callable") else None)
+    job = Job(noop, (), {})
+    extra["backend.validate(job)"] = (best(lambda: q.backend.validate(job))
+                                      if hasattr(q.backend, "validate") else None)
+    from tgext.asyncjob import job as jm
+    extra["callable_name(fn)"] = (best(lambda: jm.callable_name(noop))
+                                  if hasattr(jm, "callable_name") else None)
+    if hasattr(q, "lifecycle"):
+        fresh = iter([Job(noop, (), {}) for _ in range(7 * 10000)])
+        track = q.lifecycle.track
+        extra["lifecycle.track(job, record)"] = best(
+            lambda: track(next(fresh), {"state": "queued", "name": "x"}), number=10000)
     out = {
         "Queue.put, nobody waiting": best(lambda: bare.put(noop)),
         "secrets.token_hex(16)": best(lambda: secrets.token_hex(16)),
@@ -42,6 +57,7 @@ def run(cfg):
         "queue.perform(noop) (worker parked)": best(lambda: q.perform(noop, (), {}), number=5000),
         "asyncjob_perform(noop) (worker parked)": best(lambda: aj.asyncjob_perform(noop), number=5000),
     }
+    out.update({k: v for k, v in extra.items() if v is not None})
     release.set()
     q.stop(10)
     return out, {}

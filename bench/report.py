@@ -8,6 +8,7 @@ import sys
 from statistics import median
 
 REQ_ROWS = ["floor", "0.3.1", "baseline", "current", "proto"]
+UNPINNED = [r + ":unpinned" for r in ("floor", "baseline", "current", "proto")]
 VERSIONS = ["0.3.1", "baseline", "current"]
 DB_KEYS = [("sqlite", "SQLite file"), ("pg", "PostgreSQL"),
            ("sqlite-nosync", "SQLite, synchronous=OFF"),
@@ -121,10 +122,26 @@ def render(results, facts, settings, cmd):
             _mark(cur <= 0.01) if cur is not None else "",
             _vs(_added(results, "current", clock), _added(results, "baseline", clock), False)
             + " (added µs)"))
+    for clock, label in (("webtest", "same, unpinned (both CPUs), WebTest"),
+                         ("body", "same, unpinned (both CPUs), time to body")):
+        cells = [_med(results, "request", r + ":unpinned", "%s_share" % clock)
+                 for r in ("floor", "baseline", "current")]
+        if cells[2] is None:
+            continue
+        added = [None if _med(results, "request", r, "%s_queue_us" % clock) is None else
+                 _med(results, "request", r, "%s_queue_us" % clock)
+                 - _med(results, "request", r, "%s_plain_us" % clock)
+                 for r in ("baseline:unpinned", "current:unpinned")]
+        w("| %s | ≤ 1%% | %s | – | %s | %s%s | %s |" % (
+            label, _pct(cells[0]), _pct(cells[1]), _pct(cells[2]), _mark(cells[2] <= 0.01),
+            _vs(added[1], added[0], False) + " (added µs)"))
     if _runs(results, "request", "proto"):
-        w("| *prototype `proto`: hand-off after the response* (WebTest / body) | ≤ 1%% | | | | "
-          "%s / %s | |" % (_pct(_med(results, "request", "proto", "webtest_share")),
-                           _pct(_med(results, "request", "proto", "body_share"))))
+        w("| *prototype `proto`: hand-off after the response* (WebTest / body; unpinned) "
+          "| ≤ 1%% | | | | %s / %s; %s / %s | |" % (
+              _pct(_med(results, "request", "proto", "webtest_share")),
+              _pct(_med(results, "request", "proto", "body_share")),
+              _pct(_med(results, "request", "proto:unpinned", "webtest_share")),
+              _pct(_med(results, "request", "proto:unpinned", "body_share"))))
     for key, label in DB_KEYS:
         suite = "db:" + key
         cells = [_med(results, suite, r, "ratio") for r in VERSIONS]
@@ -149,10 +166,11 @@ def render(results, facts, settings, cmd):
       "request the job has run and the worker waits again (0.5 ms idle). Two clocks: "
       "**WebTest** `TestApp.get` (lint off) and **body**: a bare WSGI call timed until the "
       "response body is complete, before `close()` (what a client behind a real server "
-      "waits for).\n" % (settings["requests"], settings["rounds"]))
+      "waits for). Rows `:unpinned` run one round on both CPUs instead of one.\n"
+      % (settings["requests"], settings["rounds"]))
     w("| row | clock | plain request µs | with one job µs | added µs | share | rounds |")
     w("|---|---|---|---|---|---|---|")
-    for row in REQ_ROWS:
+    for row in REQ_ROWS + UNPINNED:
         for clock in ("webtest", "body"):
             runs = _runs(results, "request", row)
             if not runs:
@@ -170,16 +188,22 @@ def render(results, facts, settings, cmd):
         w("µs added to the same `/plain` request by each piece, measured in one process per "
           "round with every piece interleaved in a shuffled order (median per round, median "
           "of rounds). See bench/NOTES.md for what it means.\n")
-        w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
-        w("|---|---|---|---|---|")
-        for key, label in PARTS:
-            cells = [_med(results, "parts", row, "%s_%s_us" % (clock, key))
-                     for clock in ("webtest", "body") for row in ("baseline", "current")]
-            w("| %s (`%s`) | %s |" % (label, key, " | ".join(_fmt(c) for c in cells)))
-        w("| *the plain request itself* | %s |" % " | ".join(
-            _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
-            for clock in ("webtest", "body") for row in ("baseline", "current")))
-        w("")
+        for suffix, title in (("", "pinned to one CPU"),
+                              (":unpinned", "unpinned, both CPUs (as a web server runs)")):
+            rows = [r + suffix for r in ("baseline", "current")]
+            if not any(_runs(results, "parts", r) for r in rows):
+                continue
+            w("*%s:*\n" % (title[0].upper() + title[1:]))
+            w("| piece | baseline WebTest | current WebTest | baseline body | current body |")
+            w("|---|---|---|---|---|")
+            for key, label in PARTS:
+                cells = [_med(results, "parts", row, "%s_%s_us" % (clock, key))
+                         for clock in ("webtest", "body") for row in rows]
+                w("| %s (`%s`) | %s |" % (label, key, " | ".join(_fmt(c) for c in cells)))
+            w("| *the plain request itself* | %s |" % " | ".join(
+                _fmt(_med(results, "parts", row, "%s_plain_us" % clock))
+                for clock in ("webtest", "body") for row in rows))
+            w("")
 
     if results.get("cpu"):
         w("CPU cost of the pieces on the caller's thread, outside a request, worker parked "
@@ -269,6 +293,10 @@ def _durable(w, results, settings):
     w("- **sqlalchemy**: this tree's backend in the bench TG app (`in_process = false`, "
       "then `backend.work(threads=4)` in this process); the enqueue goes through the app's "
       "DBSession inside `transaction.manager`.\n")
+    by = sorted({r["checks"].get("backend_by") for row in ("sqlalchemy-pg", "sqlalchemy-sqlite")
+                 for r in _runs(results, "durable", row) if r["checks"].get("backend_by")})
+    if by:
+        w("The sqlalchemy backend was selected by %s.\n" % "; ".join(by))
     floor, proc = g("floor-pg", "jobs_s"), g("procrastinate-pg", "jobs_s")
     w("| PostgreSQL | jobs/s | / floor (≥ 0.7) | / procrastinate (≥ 1) | enqueue in txn µs | "
       "live µs | round trips / enqueue (1) | round trips / job (workers) | latency p50 ms (≤ 5) "
@@ -290,14 +318,22 @@ def _durable(w, results, settings):
             _rt(g(row, "job_rt", "durable-rt")),
             _fmt(p50), _mark(p50 <= 5) if ours and p50 else "", _fmt(g(row, "latency_p99_ms"))))
     w("")
-    w("| SQLite file (for scale) | jobs/s | enqueue in txn µs | live µs | latency p50 ms | p99 ms |")
-    w("|---|---|---|---|---|---|")
-    for row in ("sqlalchemy-sqlite", "threads-sqlite"):
+    w("SQLite: the same measurements on a SQLite file, %s jobs for the sqlalchemy backend "
+      "and the floor (`--sqlite-jobs`), %s for the threads backend. The floor here is the "
+      "same loop by hand with sqlite3: `BEGIN IMMEDIATE` claims, the enqueuing process "
+      "wakes its workers at commit.\n" % (settings.get("sqlite_jobs", "?"),
+                                            settings["durable_jobs"]))
+    sfloor = g("floor-sqlite", "jobs_s")
+    w("| SQLite file | jobs/s | / floor | enqueue in txn µs | live µs | latency p50 ms | p99 ms |")
+    w("|---|---|---|---|---|---|---|")
+    for row in ("floor-sqlite", "sqlalchemy-sqlite", "threads-sqlite"):
         if g(row, "jobs_s") is None:
             continue
-        w("| %s | %s |" % (row.replace("-sqlite", ""), " | ".join(_fmt(g(row, m)) for m in (
-            "jobs_s", "enqueue_txn_us", "enqueue_txn_live_us", "latency_p50_ms",
-            "latency_p99_ms"))))
+        rate = g(row, "jobs_s")
+        w("| %s | %s | %s | %s |" % (
+            row.replace("-sqlite", ""), _fmt(rate), _fmt(rate / sfloor) if sfloor else "–",
+            " | ".join(_fmt(g(row, m)) for m in ("enqueue_txn_us", "enqueue_txn_live_us",
+                                                 "latency_p50_ms", "latency_p99_ms"))))
     w("\nThe threads backend keeps jobs in memory (no database: nothing durable); it is "
       "there to show what the database costs.\n")
 

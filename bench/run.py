@@ -159,9 +159,17 @@ def plan(args, redis_cfg):
         venv = row if row in VENVS else "current"
         out.append(("request", row, venv, dict(base, mode="request", row=row,
                                                requests=args.requests), args.rounds))
+    for row in ("floor", "baseline", "current") + (("proto",) if args.proto else ()):
+        # Unpinned (cpu -1: both CPUs, as a web server runs): the woken worker can
+        # take the GIL on the other CPU while the request still runs.
+        venv = row if row in VENVS else "current"
+        out.append(("request", row + ":unpinned", venv,
+                    dict(base, mode="request", row=row, cpu=-1, requests=args.requests), 1))
     for row in ("baseline", "current"):
         out.append(("parts", row, row, dict(base, mode="parts", row=row,
-                                            requests=args.requests // 2), args.rounds))
+                                            requests=args.requests // 3), args.rounds))
+        out.append(("parts", row + ":unpinned", row, dict(base, mode="parts", row=row, cpu=-1,
+                                                          requests=args.requests // 3), 1))
         out.append(("cpu", row, row, dict(base, mode="cpu", row=row), 1))
     for db in ("sqlite", "pg"):
         for fsync in (True, False):
@@ -174,10 +182,11 @@ def plan(args, redis_cfg):
     for row in ("0.3.1", "baseline", "current"):
         out.append(("redis", row, row, dict(base, mode="redis", row=row, redis=redis_cfg,
                                             flush_redis=True), 1))
-    for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg", "sqlalchemy-sqlite",
-                "threads-sqlite"):
+    for row in ("floor-pg", "procrastinate-pg", "sqlalchemy-pg", "floor-sqlite",
+                "sqlalchemy-sqlite", "threads-sqlite"):
         venv = "procrastinate" if row.startswith("procrastinate") else "current"
-        cfg = dict(base, **pg, mode="durable", row=row, durable_jobs=args.durable_jobs,
+        jobs = args.sqlite_jobs if row in ("sqlalchemy-sqlite", "floor-sqlite") else args.durable_jobs
+        cfg = dict(base, **pg, mode="durable", row=row, durable_jobs=jobs,
                    latency_samples=args.latency_samples)
         out.append(("durable", row, venv, cfg, 1))
         if row.endswith("-pg"):
@@ -227,11 +236,14 @@ def source_digest(root):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the request suites")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the request suites")
     ap.add_argument("--db-rounds", type=int, default=1, help="processes per database row")
-    ap.add_argument("--requests", type=int, default=2000, help="request pairs per clock")
-    ap.add_argument("--db-jobs", type=int, default=1000, help="insert jobs per database row")
+    ap.add_argument("--requests", type=int, default=1500, help="request pairs per clock")
+    ap.add_argument("--db-jobs", type=int, default=500, help="insert jobs per database row")
     ap.add_argument("--durable-jobs", type=int, default=10000)
+    ap.add_argument("--sqlite-jobs", type=int, default=1000,
+                    help="jobs for the sqlalchemy backend and the floor on SQLite (tens of "
+                    "jobs/s: 10,000 would take the whole run)")
     ap.add_argument("--latency-samples", type=int, default=300)
     ap.add_argument("--baseline", default=BASELINE, help="commit to compare with")
     ap.add_argument("--tree", help="measure this checkout's tgext/ (PYTHONPATH) as 'current'")
@@ -247,7 +259,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.requests, args.db_jobs = 1, 200, 100
-        args.durable_jobs, args.latency_samples = 300, 30
+        args.durable_jobs, args.sqlite_jobs, args.latency_samples = 300, 100, 30
     started = time.perf_counter()
     load_start = open("/proc/loadavg").read().split()[:3]
     tree = os.path.abspath(args.tree) if args.tree else ROOT

@@ -8,9 +8,12 @@ Rows (``cfg["row"]``):
   ``UPDATE .. WHERE id = (SELECT .. FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING``, run
   the job, ``UPDATE .. SET state = 'done'`` (autocommit: one round trip each);
 * ``procrastinate-pg``: procrastinate from PyPI (its own virtualenv), one worker
-  with ``concurrency=4`` (sync tasks run on its thread pool), LISTEN/NOTIFY on;
+  with ``concurrency=4`` (sync tasks run on its thread pool), LISTEN/NOTIFY on; the
+  caller defers through a second App on ``SyncPsycopgConnector``;
 * ``sqlalchemy-pg`` / ``sqlalchemy-sqlite``: this tree's sqlalchemy backend in a
   TurboGears app (tgapp.py), ``backend.work(threads=4)`` in this process;
+* ``floor-sqlite``: the same claim loop by hand on a SQLite file (``BEGIN
+  IMMEDIATE`` claims, woken at commit by the enqueuing process, 1 s poll);
 * ``threads-sqlite``: the threads backend, 4 threads, memory tracker (no database:
   for scale).
 
@@ -111,6 +114,71 @@ class FloorPG:
             conn.execute("UPDATE bench_floor_jobs SET state = 'done' WHERE id = %s", (row[0],))
 
 
+class FloorSQLite:
+    """The same claim loop by hand on a SQLite file (stdlib sqlite3): ``BEGIN
+    IMMEDIATE`` claims (one writer at a time), the enqueuing process wakes its own
+    workers at commit (an Event), a 1 s poll otherwise."""
+
+    name = "floor"
+
+    def __init__(self, cfg, port=None):
+        import sqlite3
+        self.sqlite3 = sqlite3
+        self.path = os.path.join(tempfile.mkdtemp(), "floor.sqlite")
+        self.conn = self._connect()
+        self.conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, task TEXT NOT NULL,"
+                          " args TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued')")
+        self.conn.execute("CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued'")
+        self.wake = threading.Event()
+
+    def _connect(self):
+        conn = self.sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+        return conn
+
+    def batch(self, n):
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO jobs (task, args) VALUES (?, ?)", [("tick", "[]")] * n)
+        self.conn.execute("COMMIT")
+        self.wake.set()
+
+    def in_txn(self):
+        conn = self.conn
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+
+        def commit():
+            conn.execute("COMMIT")
+            self.wake.set()
+
+        return lambda: conn.execute("INSERT INTO jobs (task, args) VALUES (?, ?)",
+                                    ("noop", "[]")), commit
+
+    def one(self, t0):
+        self.conn.execute("INSERT INTO jobs (task, args) VALUES (?, ?)", ("stamp", json.dumps([t0])))
+        self.wake.set()
+
+    def start(self):
+        for _ in range(THREADS):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        conn = self._connect()
+        while True:
+            self.wake.clear()
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id, task, args FROM jobs WHERE state = 'queued'"
+                               " ORDER BY id LIMIT 1").fetchone()
+            if row is not None:
+                conn.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
+            conn.execute("COMMIT")
+            if row is None:
+                self.wake.wait(1.0)
+                continue
+            getattr(durablejobs, row[1])(*json.loads(row[2]))
+            conn.execute("UPDATE jobs SET state = 'done' WHERE id = ?", (row[0],))
+
+
 class Procrastinate:
     """procrastinate's App with its psycopg connector; a worker thread runs its loop."""
 
@@ -131,9 +199,18 @@ class Procrastinate:
             c.execute("DROP SCHEMA public CASCADE")
             c.execute("CREATE SCHEMA public")
         self.dsn = _pg(cfg, db, port)
-        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=self.dsn))
+        # Two Apps, as a sync web process and a worker have (procrastinate's advice):
+        # the caller defers through SyncPsycopgConnector; the worker runs on the async
+        # PsycopgConnector in its event loop. (One async App used from sync code sends
+        # every defer through asgiref's async_to_sync: ~10 ms each.)
+        self.app = procrastinate.App(
+            connector=procrastinate.SyncPsycopgConnector(conninfo=self.dsn))
+        self.worker_app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=self.dsn))
         self.tasks = {name: self.app.task(name=name)(getattr(durablejobs, name))
                       for name in ("tick", "stamp", "noop")}
+        for name in self.tasks:
+            self.worker_app.task(name=name)(getattr(durablejobs, name))
         self.app.open()
         if port is None:
             self.app.schema_manager.apply_schema()
@@ -156,8 +233,8 @@ class Procrastinate:
         import asyncio
 
         async def work():
-            async with self.app.open_async():
-                await self.app.run_worker_async(concurrency=THREADS, wait=True,
+            async with self.worker_app.open_async():
+                await self.worker_app.run_worker_async(concurrency=THREADS, wait=True,
                                                 install_signal_handlers=False,
                                                 listen_notify=True)
 
@@ -183,7 +260,7 @@ class Ours:
                 cfg["pg_host"], port or cfg["pg_port"], cfg["pg_db"])
         if backend == "sqlalchemy":
             try:
-                from tgext.asyncjob.backends.sqlalchemy import metadata
+                from tgext.asyncjob.backends.sqlalchemy import SQLAlchemyBackend, metadata
             except ImportError as e:
                 raise _unavailable("this tree has no sqlalchemy backend: %s" % e)
             import sqlalchemy
@@ -191,10 +268,26 @@ class Ours:
                                            if port else url)
             metadata.drop_all(eng)
             eng.dispose()
-            opts = {"backend": "sqlalchemy", "backend_options": {"in_process": False}}
+            # By name; where the settings refuse the name, the class as a backend factory.
+            choices = [("name", "sqlalchemy"), ("class", SQLAlchemyBackend)]
         else:
-            opts = {}
-        _, _, extras = tgapp.build("asyncjob", None, db_url=url, workers=THREADS, **opts)
+            choices = [(None, None)]
+        for how, value in choices:
+            opts = {} if value is None else {"backend": value,
+                                             "backend_options": {"in_process": False}}
+            try:
+                _, _, extras = tgapp.build("asyncjob", None, db_url=url, workers=THREADS,
+                                           **opts)
+            except ValueError as e:
+                if how != "name":
+                    raise
+                refused = e
+                continue
+            if how == "class":
+                self.backend_by = "class (the name was refused: %s)" % refused
+            elif how == "name":
+                self.backend_by = "name"
+            break
         self.q, self.model = extras["queue"], extras["model"]
         if backend == "threads":
             self._park()
@@ -252,6 +345,8 @@ def make(cfg, port=None):
     row = cfg["row"]
     if row == "floor-pg":
         return FloorPG(cfg, port)
+    if row == "floor-sqlite":
+        return FloorSQLite(cfg, port)
     if row == "procrastinate-pg":
         return Procrastinate(cfg, port)
     if row in ("sqlalchemy-pg", "sqlalchemy-sqlite"):
@@ -331,4 +426,5 @@ def run(cfg):
             "latency_p50_ms": lat[len(lat) // 2] * 1e3,
             "latency_p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
             "enqueue_txn_us": cost_alone, "enqueue_txn_live_us": cost_live}, {
-        "jobs": n + k, "latency_samples": len(lat), "threads": THREADS, "impl": impl.name}
+        "jobs": n + k, "latency_samples": len(lat), "threads": THREADS, "impl": impl.name,
+        "backend_by": getattr(impl, "backend_by", None)}

@@ -170,7 +170,7 @@ def run(cfg):
     variants = cfg.get("variants", VARIANTS)
     n, idle = cfg["requests"], cfg.get("idle", 0.0005)
     rng = random.Random(0)
-    measure(app, after, variants, max(30, n // 10), idle, rng)
+    measure(app, after, variants, max(n // 10, min(30, n)), idle, rng)
     gc.collect()
     gc.freeze()
     raw = measure(app, after, variants, n, idle, rng)

@@ -86,7 +86,7 @@ def run(cfg):
     app, perform, extras = tgapp.build(variant, job)
     app.lint = False
     n, idle = cfg["requests"], cfg.get("idle", 0.0005)
-    measure(app, max(50, n // 10), idle)  # warm-up: caches, thread-locals, first-call paths
+    measure(app, max(n // 10, min(50, n)), idle)  # warm-up: caches, thread-locals, first-call paths
     gc.collect()
     gc.freeze()
     raw = measure(app, n, idle)

@@ -27,6 +27,8 @@ from tgext.asyncjob import (JobFailed, JobQueue, Retry, UnsupportedOption, async
                             asyncjob_running_uid)
 from tgext.asyncjob.backends.base import Backend
 
+from rqapp.contract import make_rq_queue
+
 DEADLINE = 30
 
 
@@ -61,6 +63,7 @@ def _sqlalchemy(request, db_fixture):
 BACKENDS = {
     'threads': Entry(lambda request: _started(request, workers=2)),
     'immediate': Entry(lambda request: _started(request, immediate=True), synchronous=True),
+    'rq': Entry(make_rq_queue),  # jobs run in an RQ worker process (rqapp.contract)
     'sqlalchemy-sqlite': Entry(lambda request: _sqlalchemy(request, 'sqlite_db_url')),
     'sqlalchemy-postgresql': Entry(lambda request: _sqlalchemy(request, 'postgres_db_url')),
 }

@@ -24,6 +24,7 @@ import transaction
 import tgext.asyncjob as aj
 from tgext.asyncjob.job import callable_name
 from tgext.asyncjob.backends.rq import RQBackend
+from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 from rqapp import TESTS_DIR, jobs, write_ini
@@ -69,13 +70,13 @@ def workers(rq_setup):
     stopped (SIGTERM: RQ's warm shutdown) at teardown."""
     started = []
 
-    def start(*extra):
+    def start(*extra, command=("tgext.asyncjob.rqworker",)):
         index = len(started)
         log = open(rq_setup["tmp_path"] / ("worker-%d.log" % index), "w+")
         name = "w%d-%s" % (index, uuid.uuid4().hex[:8])
+        named = ["--name", name] if command == ("tgext.asyncjob.rqworker",) else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tgext.asyncjob.rqworker", rq_setup["ini"],
-             "--name", name, *extra],
+            [sys.executable, "-m", *command, rq_setup["ini"], *named, *extra],
             cwd=str(rq_setup["tmp_path"]), env=_env(), stdout=log, stderr=subprocess.STDOUT)
         proc.log, proc.worker_name = log, name
         started.append(proc)
@@ -305,7 +306,8 @@ def test_jobs_survive_the_web_process(rq_app, rq_setup, workers):
     assert {s["state"] for s in _statuses(app, ids).values()} == {"queued"}
     assert _row_count(app.engine) == 0
 
-    worker = workers("--burst")
+    # The worker command every backend shares runs the rq backend's work().
+    worker = workers("--burst", command=("tgext.asyncjob", "worker"))
     assert worker.wait(60) == 0, workers.logs()
     statuses = _statuses(app, ids)
     assert {s["state"] for s in statuses.values()} == {"succeeded"}, workers.logs()
@@ -685,3 +687,34 @@ def test_on_commit_delayed_job_committing_after_stop_is_reported_by_stop(rq_app,
     assert status.state is aj.JobState.CANCELLED and status.detail.startswith("not run:")
     assert not _scheduled_ids(rq_setup)
     assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
+
+
+def test_the_backend_wants_a_tracker_workers_can_see(rq_setup):
+    """The configuration layer gives rq a Redis tracker; a queue made by hand with a
+    memory tracker gets a clear error, not jobs "queued" forever as the web sees them."""
+    with pytest.raises(ValueError, match="MemoryProgressTracker.*RedisProgressTracker"):
+        aj.JobQueue(MemoryProgressTracker(), backend="rq", backend_options=dict(
+            redis_url=rq_setup["redis_url"], queue_name=rq_setup["queue_name"]))
+
+
+@pytest.mark.parametrize("option, value", [
+    ("heartbeat_interval", 0), ("heartbeat_interval", "nan"), ("abandoned_after", 1),
+    ("cleanup_interval", 0), ("cleanup_interval", float("inf"))])
+def test_abandoned_job_settings_are_checked_at_start(rq_setup, option, value):
+    tracker = RedisProgressTracker(url=rq_setup["redis_url"])
+    with pytest.raises(ValueError, match=option):
+        aj.JobQueue(tracker, backend="rq", backend_options={
+            "redis_url": rq_setup["redis_url"], "queue_name": rq_setup["queue_name"],
+            "heartbeat_interval": 1, option: value})
+
+
+def test_work_runs_one_job_at_a_time_per_process(rq_app, workers):
+    queue = rq_app().app_globals.asyncjob_queue
+    with pytest.raises(aj.UnsupportedOption, match="worker processes"):
+        queue.backend.work(threads=2)
+    assert queue.backend.name == "rq"
+    assert "worker processes" in queue.backend.description
+    # The shared worker command says so and exits with its usage status.
+    proc = workers("--threads", "2", command=("tgext.asyncjob", "worker"))
+    assert proc.wait(60) == 2
+    assert "one job at a time per worker process" in workers.logs()

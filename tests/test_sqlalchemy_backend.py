@@ -325,11 +325,7 @@ def test_a_run_rescued_meanwhile_rolls_its_work_back(make_app, url):
     jobid = q.perform(gated_add_row, ('rescued',))
     assert gate['entered'].wait(WAIT)
     # What a rescuer does when this worker's lease expired: the job is queued again.
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.update(schema.jobs).where(schema.jobs.c.id == jobid)
-                     .values(state='queued', worker_id=None, run_at=time.time() + 3600))
-    engine.dispose()
+    set_row(url, jobid, state='queued', worker_id=None, run_at=time.time() + 3600)
     gate['released'].set()
     wait_for(lambda: q.backend.runs == {}, timeout=WAIT, message='the job never ended')
     assert row_names(app) == []  # its work was rolled back
@@ -773,7 +769,47 @@ def test_work_returns_once_stop_has_handed_back_a_job_that_ignores_it(make_app, 
     worker.start()
     assert gate['entered'].wait(WAIT)
     assert q.stop(0.1) == []
-    worker.join(WAIT)
+    worker.join(WAIT / 3)  # well before the job's gate gives up (WAIT)
     assert not worker.is_alive()  # the job still runs; its row is back in the queue
     assert job_rows(url, id=jobid)[0]['state'] == 'queued'
     gate['released'].set()
+
+
+def test_jobs_can_be_queued_while_workers_claim(make_app, url, other_process):
+    # MariaDB at REPEATABLE READ: the claim's FOR UPDATE locked index gaps and these
+    # INSERTs deadlocked with it.
+    app = sql_app(make_app, url, in_process='false')
+    workers = [other_process(url, poll_interval='0.05') for _ in range(2)]
+    for worker in workers:
+        worker.backend.start()
+    errors, ids = [], []
+
+    def queue_many():
+        try:
+            for i in range(100):
+                ids.append(queue_of(app).perform(noop, (i,)))
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=queue_many) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    assert errors == []
+    wait_for(lambda: {r['state'] for r in job_rows(url)} == {'succeeded'}, timeout=WAIT * 2,
+             message=lambda: str({r['state'] for r in job_rows(url)}))
+    assert len(job_rows(url)) == 300
+
+
+def test_with_jobs_in_another_database_the_job_is_inserted_after_the_commit(
+        make_app, sqlite_db_url, tmp_path):
+    jobs_url = 'sqlite:///%s' % (tmp_path / 'jobs.sqlite')
+    app = sql_app(make_app, sqlite_db_url, url=jobs_url, in_process='false')
+    with pytest.raises(RuntimeError, match='fails after queueing'):
+        app.get('/start_then_abort', params={'name': 'aborted'})
+    assert job_rows(jobs_url) == []
+    jobid = app.get('/start', params={'name': 'committed'}).json['jobid']
+    assert [r['id'] for r in job_rows(jobs_url)] == [jobid]
+    queue_of(app).backend.work(threads=1, burst=True)
+    assert queue_of(app).get_status(jobid).state is JobState.SUCCEEDED
+    assert row_names(app) == ['committed']

@@ -336,6 +336,40 @@ def test_status_json_is_standard_json_whatever_the_result(web_app, result):
     assert app.get("/asyncjob/jobs").html.select_one("tbody tr")["data-state"] == "succeeded"
 
 
+def deeply_nested(depth=100000):
+    outer = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+class BrokenDict(dict):
+    def items(self):
+        raise RuntimeError("no items")
+
+    def keys(self):
+        raise RuntimeError("no keys")
+
+
+class LongRepr(object):
+    def __repr__(self):
+        return "x" * 1000000
+
+
+@pytest.mark.parametrize("value, check", [
+    (deeply_nested(), lambda out: "<too deep>" in json.dumps(out)),
+    ({"n": float("nan"), "deep": deeply_nested()}, lambda out: out["n"] == "nan"),
+    (BrokenDict(a=1), lambda out: isinstance(out, (str, dict))),
+    (LongRepr(), lambda out: 2000 <= len(out) < 2010),
+    ({"k": Unrepresentable()}, lambda out: out == {"k": "<unrepresentable "
+                                                   "Unrepresentable object>"}),
+], ids=["deep", "deep+nan", "broken-dict", "long-repr", "bad-repr"])
+def test_jsonsafe_encodes_anything(value, check):
+    from tgext.asyncjob import jsonsafe
+    assert check(strict_json(jsonsafe.dumps(value)))
+
+
 @pytest.mark.parametrize("tracker", ["memory", "redis"])
 @pytest.mark.parametrize("data", [
     {"done": float("inf"), "total": 1}, {"done": 1, "total": float("nan")},
@@ -370,8 +404,10 @@ def test_status_json_of_odd_progress_data(web_app, gate, request, tracker, data)
 
 # ------------------------------------------------------------ error messages
 
-def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_db_url):
-    """A SQLAlchemy IntegrityError's message holds the SQL and its bound parameters."""
+def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_db_url,
+                                                             caplog):
+    """A SQLAlchemy IntegrityError's message holds the SQL and its bound parameters:
+    the pages show neither, the log has it all."""
     from sampleapp import model
     from sampleapp.controllers.root import db_session
 
@@ -383,8 +419,10 @@ def test_an_integrity_error_shows_neither_sql_nor_parameters(make_app, postgres_
         db_session().add(model.Group(group_name="s3cr3t-token", display_name="hunter2"))
         db_session().flush()
 
-    jobid = queue_of(app).perform(duplicate)
-    status = finished(app, jobid)
+    with caplog.at_level(logging.ERROR, logger="tgext.asyncjob"):
+        jobid = queue_of(app).perform(duplicate)
+        status = finished(app, jobid)
+    assert "s3cr3t-token" in caplog.text and "Traceback" in caplog.text
     assert status.error.type == "IntegrityError"
     assert "s3cr3t-token" in status.error.message and "INSERT" in status.error.message
     for url in ("/asyncjob/status/%s.json" % jobid, "/asyncjob/progress/%s" % jobid,
@@ -549,20 +587,25 @@ def test_jobs_access_predicate(web_app):
     assert "No jobs yet" in app.get("/asyncjob/jobs").text
 
 
+@pytest.mark.parametrize("enable", ["plug", "after"])
 @pytest.mark.parametrize("key", ["asyncjob.jobs_access", "asyncjob.show_tracebacks"])
-def test_an_invalid_access_rule_fails_at_start(web_app, key):
-    with pytest.raises(ValueError, match=r"%s = 'yes please' is not valid: use true or false"
+def test_an_invalid_access_rule_fails_at_start(web_app, make_app, sqlite_db_url, key, enable):
+    """Not a 500 on every request that reads it."""
+    with pytest.raises(ValueError, match=r"%s: .*true/false: 'yes please'"
                        % key.replace(".", r"\.")):
-        web_app(**{key: "yes please"})
+        if enable == "plug":
+            web_app(**{key: "yes please"})
+        else:  # mounted by hand, started by start_async_worker() after the build
+            make_app(sqlite_db_url, enable="after", root=WebRoot, extra_config={key: "yes please"})
 
 
-def test_an_invalid_access_rule_of_an_unplugged_app_denies(make_app, sqlite_db_url, caplog):
-    """Mounted by hand in an app that is not plugged, nothing runs at start: deny, say why."""
-    app = make_app(sqlite_db_url, enable="after", root=WebRoot,
-                   extra_config={"asyncjob.jobs_access": "yes please", "debug": True})
+def test_an_invalid_access_rule_set_after_start_denies(web_app, caplog):
+    """A value no start-up check saw (put in the configuration later): deny, say why."""
+    app = web_app(debug=True)
+    app.config["asyncjob.jobs_access"] = "yes please"
     with caplog.at_level(logging.ERROR, logger="tgext.asyncjob"):
         app.get("/asyncjob/jobs", status=403)
-    assert "asyncjob.jobs_access = 'yes please' is not valid" in caplog.text
+    assert "asyncjob.jobs_access: String is not true/false: 'yes please'" in caplog.text
 
 
 def test_jobs_page_without_listing_is_501(web_app):

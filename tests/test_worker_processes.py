@@ -10,6 +10,7 @@ and SIGKILLed at teardown if still running.
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 import uuid
 
@@ -20,8 +21,10 @@ import processes
 from processes import get_json
 from services import wait_for
 
-# A short lease, so a dead worker's jobs are rescued within seconds in these tests.
-LEASE = {"asyncjob.backend.lease_timeout": "3", "asyncjob.backend.heartbeat_interval": "0.5"}
+# A short lease for the kill -9 test, so a dead worker's jobs are rescued within seconds
+# (still several heartbeats long: a loaded machine must not make a live worker look dead).
+LEASE = {"asyncjob.backend.lease_timeout": "5", "asyncjob.backend.heartbeat_interval": "0.5",
+         "asyncjob.backend.rescue_interval": "1"}
 # Seconds allowed for a rescue: the lease, the rescuing duty's period, a loaded machine.
 RESCUE_TIMEOUT = 45
 # Seconds allowed for the 10,000 jobs to be done (measured: see the test's output).
@@ -39,8 +42,6 @@ class SqlApp:
         from sqlapp.model import create_tables
         self.db_url, self.directory = db_url, str(directory)
         self.settings = {"asyncjob.backend": "sqlalchemy", **(settings or {})}
-        if self.settings["asyncjob.backend"] == "sqlalchemy":
-            self.settings = {**LEASE, **self.settings}
         self.procs = processes.Processes(directory)
         self.write_ini = sqlapp.write_ini
         create_tables(db_url)
@@ -94,9 +95,14 @@ def pg(postgres_db_url, tmp_path):
 
 @pytest.fixture
 def mariadb(tmp_path):
-    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``), its tables emptied."""
-    engine = sa.create_engine(MARIADB_URL, poolclass=sa.pool.NullPool)
+    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``; the database is
+    created if missing), its tables dropped first."""
+    url = sa.engine.make_url(MARIADB_URL)
+    server = sa.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
+        with server.begin() as conn:
+            conn.execute(sa.text("CREATE DATABASE IF NOT EXISTS `%s`" % url.database))
         with engine.begin() as conn:
             meta = sa.MetaData()
             meta.reflect(conn)
@@ -105,6 +111,7 @@ def mariadb(tmp_path):
         pytest.fail("MariaDB is not reachable at %s (set ASYNCJOB_TEST_MARIADB_URL): %s"
                     % (MARIADB_URL, exc), pytrace=False)
     finally:
+        server.dispose()
         engine.dispose()
     app = SqlApp(MARIADB_URL, tmp_path)
     try:
@@ -128,7 +135,7 @@ def wait_state(web, jobid, state, timeout=30):
 
 COMMANDS = {
     "python -m": lambda ini: ["python", "-m", "tgext.asyncjob", "worker", ini],
-    "gearbox": lambda ini: [os.path.join(os.path.dirname(processes.sys.executable), "gearbox"),
+    "gearbox": lambda ini: [os.path.join(os.path.dirname(sys.executable), "gearbox"),
                             "asyncjob-worker", "-c", ini],
 }
 
@@ -196,6 +203,9 @@ def test_rq_backend_runs_an_rq_worker(command, sqlite_db_url, redis_client, redi
     try:
         web = app.web()
         jobid = get_json(web.url, "queue", key="by-rq")["jobid"]
+        threads = app.procs.start("worker", COMMANDS[command](app.ini()) + ["--threads", "2"])
+        assert threads.wait_exit() == 2
+        assert "one job at a time per worker process" in threads.output()
         proc = app.procs.start("worker", COMMANDS[command](app.ini()) + ["--burst"])
         assert proc.wait_exit() == 0, proc.tail()
         assert app.runs() == {"by-rq": 1}
@@ -336,6 +346,7 @@ def test_10000_jobs_over_three_workers_and_the_web_threads(pg):
 def test_kill_9_of_a_worker_mid_job_is_rescued_by_another(pg):
     marker = os.path.join(pg.directory, "held")
     web = pg.web(**{"asyncjob.backend.in_process": "false"})
+    pg.settings.update(LEASE)
     first = pg.worker()
     jobid = get_json(web.url, "queue", job="hold", key="held", marker=marker,
                      retries="1", backoff="0")["jobid"]

@@ -241,17 +241,12 @@ def run_worker(options: argparse.Namespace) -> int:
     stopper = GracefulStop(queue)
     stopper.install()
     log.info('tgext.asyncjob worker (pid %d, %s backend): %d thread(s), queues %s%s',
-             os.getpid(), name, options.threads, ', '.join(options.queues) or 'all',
+             os.getpid(), name, options.threads,
+             ', '.join(options.queues) or "the application's",
              ', burst' if options.burst else '')
     try:
-        try:
-            _work(queue.backend, threads=options.threads, burst=options.burst,
-                  queues=options.queues or None)
-        except _NoWorkLoop as exc:
-            if name != 'rq':
-                raise CommandError(str(exc)) from None
-            _rq_work(queue.backend, threads=options.threads, burst=options.burst,
-                     queues=options.queues or None)
+        _work(queue.backend, threads=options.threads, burst=options.burst,
+              queues=options.queues or None)
     finally:
         stopper.join()
         stopper.restore()
@@ -261,30 +256,18 @@ def run_worker(options: argparse.Namespace) -> int:
     return 0
 
 
-class _NoWorkLoop(Exception):
-    """The backend has no ``work()`` (or its ``work()`` raises NotImplementedError)."""
-
-
 def _work(backend: Any, *, threads: int, burst: bool, queues: list[str] | None) -> None:
-    work = getattr(backend, 'work', None)
-    if work is None:
-        raise _NoWorkLoop(f'the {backend_name(backend)} backend has no worker loop (no '
-                          'work() method): its jobs cannot run in a worker process')
+    # A backend's work() raises NotImplementedError when it has no worker processes,
+    # ValueError for options it cannot honour (e.g. rq and --threads 2): both are the
+    # user's to fix, not tracebacks.
     try:
-        work(threads=threads, burst=burst, queues=queues)
+        backend.work(threads=threads, burst=burst, queues=queues)
     except NotImplementedError as exc:
-        raise _NoWorkLoop(str(exc) or f'the {backend_name(backend)} backend cannot run '
-                          'in a worker process') from None
-
-
-def _rq_work(backend: Any, *, threads: int, burst: bool, queues: list[str] | None) -> None:
-    # Until RQBackend has its own work(): today's RQ worker of rqworker.py.
-    from . import rqworker
-    if threads != 1:
-        raise CommandError('the rq backend runs one job at a time per worker process: '
-                           'start more worker processes instead of --threads')
-    worker = rqworker.make_worker([backend], queues=queues or ())
-    worker.work(burst=burst, with_scheduler=True)
+        raise CommandError(str(exc) or f'the {backend_name(backend)} backend cannot run '
+                           'in a worker process') from None
+    except ValueError as exc:
+        log.debug('work() refused its options', exc_info=True)
+        raise CommandError(str(exc)) from None
 
 
 # -- the command line --------------------------------------------------------------
@@ -307,8 +290,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, config_option: bool = 
     parser.add_argument('--burst', action='store_true',
                         help='exit when no job is left to run')
     parser.add_argument('--queue', dest='queues', action='append', default=[],
-                        metavar='NAME', help='run only the jobs of this queue (repeatable; '
-                        'default all of the application)')
+                        metavar='NAME', help='run the jobs of this queue (repeatable; default '
+                        "the application's: asyncjob.backend.queue_name)")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@
     python -m tgext.asyncjob.rqworker production.ini [--burst] [--simple] [--name W1]
     python -m tgext.asyncjob.rqworker --app myapp.wsgi:make_app
     gearbox rqworker -c production.ini          # the same, as a gearbox command
+    python -m tgext.asyncjob worker production.ini   # every backend's command
 
-It loads the application from its ``.ini`` file (PasteDeploy, as ``gearbox serve``
+All of them run the backend's ``work()`` (:meth:`RQBackend.work
+<tgext.asyncjob.backends.rq.RQBackend.work>`), which runs :func:`work` here. It loads the application from its ``.ini`` file (PasteDeploy, as ``gearbox serve``
 does; logging too if the file configures it), or by calling ``--app
 module:factory``. Loading starts the app's asyncjob queue, whose ``rq`` backend says
 which Redis and RQ queue to listen on (``asyncjob.backend.redis_url`` and
@@ -16,9 +18,12 @@ returns, abort if it raises), and its progress and final state go to the shared
 Redis tracker the web process reads.
 
 By default each job runs in a forked child (RQ's ``Worker``): a crash, a leak or a
-hard kill ends the child, not the worker, and the job is recorded as failed.
-``--simple`` runs jobs in the worker process itself (RQ's ``SimpleWorker``): faster
-for short jobs, the way the in-process thread backend runs them.
+hard kill ends the child, not the worker, and the job is retried or recorded as
+failed (``WorkerDied``). ``--simple`` runs jobs in the worker process itself (RQ's
+``SimpleWorker``): faster for short jobs, the way the in-process thread backend runs
+them. Both heartbeat each running job every ``asyncjob.backend.heartbeat_interval``
+seconds, with a TTL of ``asyncjob.backend.abandoned_after``: a worker killed with
+its job is found by RQ's abandoned-job detection (see the rq backend).
 
 Each worker also runs RQ's scheduler (RQ's ``with_scheduler``; one of the workers of
 a queue holds its lock at a time): it moves delayed jobs and retries to the queue

@@ -83,7 +83,7 @@ def progress_snippet(jobid: str, mount: str = '/' + DEFAULT_MOUNT,
     """
     base = mount.rstrip('/')
     status_url = _url(f'{base}/status/{jobid}.json')
-    html = bar_html(jobid, status_url, state='queued', percent=0, text='Queued')
+    html = bar_html(jobid, status_url, state='queued', percent=None, text='Queued')
     if include_assets:
         html = (Markup('<link rel="stylesheet" href="{css}">\n'
                        '<script src="{js}" defer></script>\n')

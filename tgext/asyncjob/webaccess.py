@@ -7,48 +7,48 @@ request; unset, only a ``debug`` application allows.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import tg
 from tg.support.converters import asbool
+
+from . import settings
 
 log = logging.getLogger('tgext.asyncjob')
 
 __all__ = ['check_access_rules', 'tracebacks_allowed', 'jobs_page_allowed']
 
 
-_ACCESS_SETTINGS = ('asyncjob.show_tracebacks', 'asyncjob.jobs_access')
+_ACCESS_SETTINGS = ('show_tracebacks', 'jobs_access')
 
 
-def _access_rule(conf: Mapping[str, Any], key: str) -> bool | Callable[[], Any] | None:
-    """The rule ``conf[key]`` holds: ``None`` (unset), a callable, or a bool.
-
-    Raises ValueError naming the setting for a value that is none of these (an .ini
-    string such as ``yes please``).
-    """
-    from .settings import BY_NAME, PREFIX
-    return BY_NAME[key[len(PREFIX):]].coerce(conf.get(key))  # the one definition
+def _access_rule(conf: Mapping[str, Any], name: str) -> Any:
+    """The rule ``asyncjob.<name>`` holds: ``None`` (unset), a callable, or a bool,
+    read by its definition in :mod:`.settings`; ``ValueError`` naming the key for a
+    value that is none of these (an .ini string such as ``yes please``)."""
+    setting = settings.BY_NAME[name]
+    return setting.coerce(conf.get(setting.key))
 
 
 def check_access_rules(conf: Mapping[str, Any]) -> None:
-    """Raise ValueError, naming the setting and its valid values, if
-    ``asyncjob.show_tracebacks`` or ``asyncjob.jobs_access`` is not a valid rule.
-    Called at start-up by :func:`mount_from_config`."""
-    for key in _ACCESS_SETTINGS:
-        _access_rule(conf, key)
+    """``ValueError`` naming the key if ``asyncjob.show_tracebacks`` or
+    ``asyncjob.jobs_access`` is not a valid rule. Called at start-up by
+    :func:`~tgext.asyncjob.web.mount_from_config`."""
+    for name in _ACCESS_SETTINGS:
+        _access_rule(conf, name)
 
 
-def _allowed(conf: Mapping[str, Any], key: str) -> bool:
-    """``conf[key]`` decides when set (a bool, an .ini string, or a callable taking no
-    arguments that returns one); unset, only a ``debug`` application allows.
+def _allowed(conf: Mapping[str, Any], name: str) -> bool:
+    """``asyncjob.<name>`` decides when set (a bool, an .ini string, or a callable
+    taking no arguments that returns one); unset, only a ``debug`` application allows.
 
     A failing predicate or an invalid value denies: a bug in an access check must not
-    open the page (an invalid value fails at start-up where :func:`mount_from_config`
-    runs; a controller mounted by hand in an app that is not plugged only logs it).
+    open the page. (An invalid value fails at start-up; one put in the configuration
+    later, or in an application whose start-up never checked it, is logged here.)
     """
     try:
-        rule = _access_rule(conf, key)
-    except ValueError as exc:
+        rule = _access_rule(conf, name)
+    except (TypeError, ValueError) as exc:
         log.error('tgext.asyncjob: %s; denying', exc)
         return False
     if rule is None:
@@ -57,16 +57,16 @@ def _allowed(conf: Mapping[str, Any], key: str) -> bool:
         try:
             return bool(rule())
         except Exception:
-            log.exception('tgext.asyncjob: the %s predicate failed; denying', key)
+            log.exception('tgext.asyncjob: the asyncjob.%s predicate failed; denying', name)
             return False
-    return rule
+    return bool(rule)
 
 
 def tracebacks_allowed() -> bool:
     """True when this request may see job tracebacks (``asyncjob.show_tracebacks``)."""
-    return _allowed(tg.config, 'asyncjob.show_tracebacks')
+    return _allowed(tg.config, 'show_tracebacks')
 
 
 def jobs_page_allowed() -> bool:
     """True when this request may list jobs (``asyncjob.jobs_access``)."""
-    return _allowed(tg.config, 'asyncjob.jobs_access')
+    return _allowed(tg.config, 'jobs_access')

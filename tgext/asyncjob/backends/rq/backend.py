@@ -18,6 +18,7 @@ from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 from rq.timeouts import BaseDeathPenalty
 
+from ...errors import UnsupportedOption
 from ...job import Job, JobState
 from ..base import Backend
 from .calls import (ON_FAILURE, RUNNER, THREADS_HINT, callable_path, cancel_key, claim_key,
@@ -99,6 +100,7 @@ class RQBackend(Backend):
                  abandoned_after: int | str | None = None,
                  cleanup_interval: float | str | None = None):
         super().__init__(runtime)
+        _require_shared_store(runtime.store)
         # RQ's heartbeats and time limits count whole seconds.
         self.heartbeat_interval = int(_seconds('heartbeat_interval', heartbeat_interval,
                                                DEFAULT_HEARTBEAT_INTERVAL, 1))
@@ -109,7 +111,6 @@ class RQBackend(Backend):
                                          DEFAULT_CLEANUP_INTERVAL, 0.1)
         self.redis_url = redis_url or DEFAULT_REDIS_URL
         self.queue_name = queue_name or DEFAULT_QUEUE_NAME
-        self._own_connection = connection is None
         self.connection = connection if connection is not None else redis.Redis.from_url(
             self.redis_url)
         self.job_timeout = _as_int(job_timeout) or -1
@@ -127,18 +128,6 @@ class RQBackend(Backend):
                  f'{kwargs.get("host", "localhost")}:{kwargs.get("port", 6379)}')
         return (f'rq: RQ queue {self.queue_name!r} on Redis {where}/{kwargs.get("db", 0)}; '
                 f'jobs run in worker processes (python -m tgext.asyncjob worker)')
-
-    def own_store(self) -> Any:
-        """Job records must be seen by the web process and the workers alike: a memory
-        tracker (process-local) is replaced by a Redis tracker on the same Redis."""
-        from ...trackers.memory import MemoryProgressTracker
-        from ...trackers.redisdb import RedisProgressTracker
-        if not isinstance(self.runtime.store, MemoryProgressTracker):
-            return None
-        log.info('asyncjob backend rq: job records go to Redis (%s), the memory tracker '
-                 'cannot be seen by worker processes', self.redis_url)
-        return (RedisProgressTracker(url=self.redis_url) if self._own_connection
-                else RedisProgressTracker(client=self.connection))
 
     # -- taking jobs -------------------------------------------------------------------
 
@@ -259,14 +248,28 @@ class RQBackend(Backend):
         """Run a TurboGears-aware RQ worker on this backend's queue (or ``queues``) in
         this process until it is stopped (SIGTERM), or, with ``burst``, until the queue
         is empty. RQ runs one job at a time per worker process: ``threads`` must be 1
-        (start more worker processes for more). ``rq_options``: those of
+        (start more worker processes for more), else :class:`UnsupportedOption`. ``rq_options``: those of
         :func:`tgext.asyncjob.rqworker.make_worker` and RQ's ``Worker.work``
         (``simple``, ``name``, ``with_scheduler``, ``max_jobs``, ``logging_level``)."""
         from ...rqworker import work
         if threads != 1:
-            raise ValueError(f'the rq backend runs one job at a time per worker process '
+            raise UnsupportedOption(f'the rq backend runs one job at a time per worker process '
                              f'(got threads={threads!r}): start several worker processes')
         work([self], burst=burst, queues=queues or (), **rq_options)
+
+
+def _require_shared_store(store: Any) -> None:
+    """Workers write the records the web process reads: a process-local memory tracker
+    would leave every job "queued" forever as far as the web can tell. (The
+    configuration layer, ``startup.make_tracker``, gives the rq backend a Redis tracker
+    unless one was chosen.)"""
+    from ...trackers.memory import MemoryProgressTracker
+    if isinstance(store, MemoryProgressTracker):
+        raise ValueError('the rq backend runs jobs in worker processes, which cannot see a '
+                         'MemoryProgressTracker of this process: give the queue a '
+                         'RedisProgressTracker (asyncjob.tracker = redis://...; plug() and '
+                         'start_async_worker() choose one on the backend\'s Redis by '
+                         'default)')
 
 
 def _job_named(jobid: str, record: dict[str, Any]) -> Job:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy
@@ -39,12 +40,19 @@ class Engines:
     write: Engine
     read: Engine
     auto: Engine
+    #: SQLite only: one writing thread per process at a time. SQLite allows one writer
+    #: anyway, and threads that wait in its busy handler sleep in steps of up to
+    #: 100 ms; waiting here, they go the moment the lock is free.
+    write_lock: threading.Lock | None = None
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Connection]:
         """A connection whose every statement commits on its own (SQLite: one
         ``BEGIN IMMEDIATE`` transaction around the block)."""
-        if self.auto is self.write:
+        if self.write_lock is not None:
+            with self.write_lock, self.write.begin() as conn:
+                yield conn
+        elif self.auto is self.write:
             with self.write.begin() as conn:
                 yield conn
         else:
@@ -58,7 +66,9 @@ class Engines:
 
     def dispose(self, close: bool = True) -> None:
         """Drop pooled connections (``close=False`` in a forked child: the parent's
-        sockets are left alone, never used)."""
+        sockets are left alone, never used) and, in a child, the parent's lock."""
+        if self.write_lock is not None and not close:
+            self.write_lock = threading.Lock()
         for engine in {id(e): e for e in (self.write, self.read, self.auto)}.values():
             engine.dispose(close=close)
 
@@ -75,7 +85,7 @@ def make_engines(url: str, **engine_options: Any) -> Engines:
         write = sqlalchemy.create_engine(url, connect_args=connect_args, **options)
         _begin_immediate(write)
         read = sqlalchemy.create_engine(url, connect_args=connect_args, **options)
-        return Engines(write, read, write)
+        return Engines(write, read, write, threading.Lock())
     if parsed.get_backend_name() in ('mysql', 'mariadb'):
         # InnoDB's default REPEATABLE READ makes the claim's FOR UPDATE lock the gaps
         # of the index range it scans, and concurrent INSERTs of new jobs deadlock

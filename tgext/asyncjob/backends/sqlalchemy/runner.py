@@ -68,8 +68,8 @@ class Runner:
         self._fetcher.start()
 
     def run(self) -> None:
-        """Start, and block until stopped and :meth:`release`\ d (or, in burst mode,
-        out of due jobs and done with the running ones)."""
+        """Start, and block until stopped and released (:meth:`release`), or, in
+        burst mode, until out of due jobs and done with the running ones."""
         self.start()
         assert self._fetcher is not None
         while self._fetcher.is_alive():

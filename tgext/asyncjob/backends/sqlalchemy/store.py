@@ -97,6 +97,8 @@ class SQLJobStore:
                 transitions.finish_run(conn, entryid, run.worker_id, run.attempt, values)
         self._until_stored(requeue)
         self.backend.requeued.add(entryid)
+        if self.backend.immediate:  # the retry waits in the table for a worker
+            self.backend.runs.pop(entryid, None)
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
         """The final state. A run of this process: compare-and-set on that run (a
