@@ -30,7 +30,7 @@ def build(mode):
     elif mode == 'sqlalchemy':
         extra = {'asyncjob.backend': 'sqlalchemy', 'asyncjob.backend.url': db}
     elif mode == 'rq':  # jobs run in a worker process: --app periodicproc:rq_app
-        options.update(backend='rq', backend_options={
+        options.update(backend='rq', tracker=os.environ['PERIODIC_REDIS'], backend_options={
             'redis_url': os.environ['PERIODIC_REDIS'], 'queue_name': os.environ['PERIODIC_KEY']})
     elif mode == 'disabled':
         extra = {'asyncjob.enabled': 'false'}
