@@ -30,8 +30,9 @@ def build(mode):
     elif mode == 'sqlalchemy':
         extra = {'asyncjob.backend': 'sqlalchemy', 'asyncjob.backend.url': db}
     elif mode == 'rq':  # jobs run in a worker process: --app periodicproc:rq_app
-        options.update(backend='rq', tracker=os.environ['PERIODIC_REDIS'], backend_options={
-            'redis_url': os.environ['PERIODIC_REDIS'], 'queue_name': os.environ['PERIODIC_KEY']})
+        redis_url = os.environ['PERIODIC_REDIS']
+        options.update(backend='rq', tracker=redis_url, backend_options={
+            'redis_url': redis_url, 'queue_name': os.environ['PERIODIC_KEY']})
     elif mode == 'disabled':
         extra = {'asyncjob.enabled': 'false'}
     return make_app(db, plug_options=options, extra_config=extra)

@@ -133,7 +133,8 @@ def _zone(value: Any) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(str(value).strip())
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError('expected an IANA time zone name such as UTC or Europe/Rome') from None
+        raise ValueError('expected an IANA time zone name such as UTC or Europe/Rome'
+                         ) from None
 
 
 def _mount(value: Any) -> str | None:
@@ -171,7 +172,8 @@ SETTINGS: tuple[Setting, ...] = (
             'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
     Setting('back_url', _text, None,
             'the progress page\'s link back (unset: the referring page of the site)', APP),
-    Setting('periodic_tz', _zone, zoneinfo.ZoneInfo('UTC'), 'time zone of periodic jobs\' cron expressions', APP),
+    Setting('periodic_tz', _zone, zoneinfo.ZoneInfo('UTC'),
+            'time zone of periodic jobs\' cron expressions', APP),
     Setting('periodic_catchup', seconds, 3600.0,
             'seconds after a slot missed by downtime in which it still runs (once)', APP),
 )
