@@ -160,4 +160,13 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progre
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker']
+            'class MyProgressTracker', '@asyncjob_periodic(']
+
+
+def test_periodic_block(monkeypatch):
+    from tgext.asyncjob import periodic
+    monkeypatch.setattr(periodic, 'DECLARED', {})
+    ns = run(block_with('@asyncjob_periodic('), __name__='readme_periodic')
+    assert periodic.DECLARED == {'readme_periodic:refresh_feeds': (
+        '*/5 * * * *', 'readme_periodic:refresh_feeds')}
+    assert ns['refresh_feeds']() == 'refreshed'

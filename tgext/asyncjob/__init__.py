@@ -15,6 +15,7 @@ from .errors import (AlreadyStarted, AsyncJobError, JobFailed, NoWorkerError, No
 from .job import JobError, JobState, JobStatus
 from .context import running_job, running_queue
 from .options import JobOptions
+from .periodic import asyncjob_periodic
 from .queue import JobQueue, eta_of
 from .retry import Retry, require_retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
@@ -26,7 +27,7 @@ __all__ = [
     'plugme', 'stop_all', 'current_queue', 'Retry', 'retry', 'JobOptions',
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
-    'JobFailed', 'UnsupportedOption', 'WorkerDied',
+    'JobFailed', 'UnsupportedOption', 'WorkerDied', 'asyncjob_periodic',
 ]
 
 

@@ -9,6 +9,7 @@ not at the first job or request.
 from __future__ import annotations
 
 import dataclasses
+import zoneinfo
 from typing import Any, Callable, Iterable, Mapping
 
 from tg.support.converters import asbool
@@ -116,6 +117,16 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _zone(value: Any) -> zoneinfo.ZoneInfo:
+    if isinstance(value, zoneinfo.ZoneInfo):
+        return value
+    try:
+        return zoneinfo.ZoneInfo(str(value).strip())
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError('expected an IANA time zone name such as UTC or Europe/Rome'
+                         ) from None
+
+
 def _mount(value: Any) -> str | None:
     # None: not mounted. An .ini says false/no/off/0 or nothing for that.
     if value is None or value is False:
@@ -151,11 +162,17 @@ SETTINGS: tuple[Setting, ...] = (
             'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
     Setting('back_url', _text, None,
             'the progress page\'s link back (unset: the referring page of the site)', APP),
+    Setting('periodic_tz', _zone, zoneinfo.ZoneInfo('UTC'),
+            'time zone of periodic jobs\' cron expressions', APP),
+    Setting('periodic_catchup', seconds, 3600.0,
+            'seconds after a slot missed by downtime in which it still runs (once)', APP),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 #: ``asyncjob.backend.<option>`` keys are passed to the backend as keyword arguments.
 BACKEND_PREFIX = PREFIX + 'backend.'
+#: ``asyncjob.periodic.<name>`` keys declare periodic jobs (see :mod:`.periodic`).
+PERIODIC_PREFIX = PREFIX + 'periodic.'
 
 
 def check_names(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
@@ -171,7 +188,8 @@ def check_conf_keys(conf: Mapping[str, Any] | None) -> None:
     """``ValueError`` for an ``asyncjob.*`` key of the configuration that is no setting
     (a typo such as ``asyncjob.worker``); ``asyncjob.backend.*`` keys are the backend's."""
     unknown = sorted(k for k in (conf or {}) if isinstance(k, str) and k.startswith(PREFIX)
-                     and not k.startswith(BACKEND_PREFIX) and k[len(PREFIX):] not in BY_NAME)
+                     and not k.startswith((BACKEND_PREFIX, PERIODIC_PREFIX))
+                     and k[len(PREFIX):] not in BY_NAME)
     if unknown:
         raise ValueError(f'unknown setting(s) {", ".join(unknown)}; valid: '
                          f'{", ".join(s.key for s in SETTINGS)}, {BACKEND_PREFIX}<option>')

@@ -29,7 +29,7 @@ log = logging.getLogger('tgext.asyncjob')
 SCRIPT_GLOBALS = types.SimpleNamespace()
 
 #: ``plug()`` options that are not settings.
-PLUG_ONLY = ('app_globals', 'progress_tracker', 'hooks', 'backend_options')
+PLUG_ONLY = ('app_globals', 'progress_tracker', 'hooks', 'backend_options', 'periodic')
 #: ``start_async_worker()`` keyword options: the settings that configure the queue.
 START_OPTIONS = tuple(s.name for s in settings.SETTINGS if s.scope == settings.QUEUE)
 
@@ -139,6 +139,9 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
             given.asyncjob_queue = q
         from .web import mount_from_config
         mount_from_config(conf)
+        from . import periodic
+        periodic.start(q, conf, options.get('periodic', ()), tz=values['periodic_tz'],
+                       catchup=values['periodic_catchup'])
 
 
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:

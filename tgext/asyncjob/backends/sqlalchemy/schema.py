@@ -81,3 +81,6 @@ leases = Table(
 def create_tables(bind: Engine | Connection) -> None:
     """Create the tables and indexes that are missing (``checkfirst``)."""
     metadata.create_all(bind, checkfirst=True)
+
+
+from . import periodic  # noqa: E402,F401 - periodic jobs' slot table, on this MetaData
