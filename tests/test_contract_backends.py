@@ -1,5 +1,9 @@
 """The backend contract: one table of scenarios and their answers, run on every backend.
 
+The ``sqlalchemy`` backend runs this table, on each database, from
+tests/test_sqlalchemy_backend_contract.py (through :func:`test_contract` and
+:data:`TABLE`, with its own database fixtures).
+
 HOW TO ADD A BACKEND: write a function ``make(request) -> JobQueue`` that returns a
 started queue using it (stopped by a finalizer it registers with
 ``request.addfinalizer``), with workers able to run this module's jobs, and add one
@@ -47,25 +51,10 @@ def _started(request, **options):
     return q
 
 
-def _sqlalchemy(request, db_fixture):
-    """The sqlalchemy backend on a fresh database, run by two threads of this process."""
-    url = request.getfixturevalue(db_fixture)
-    q = JobQueue(backend='sqlalchemy', backend_options={'url': url}, workers=2)
-    q.backend.start()
-
-    def stop():
-        q.stop(10)
-        q.backend.engines.dispose()
-    request.addfinalizer(stop)
-    return q
-
-
 BACKENDS = {
     'threads': Entry(lambda request: _started(request, workers=2)),
     'immediate': Entry(lambda request: _started(request, immediate=True), synchronous=True),
     'rq': Entry(make_rq_queue),  # jobs run in an RQ worker process (rqapp.contract)
-    'sqlalchemy-sqlite': Entry(lambda request: _sqlalchemy(request, 'sqlite_db_url')),
-    'sqlalchemy-postgresql': Entry(lambda request: _sqlalchemy(request, 'postgres_db_url')),
 }
 
 

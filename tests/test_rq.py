@@ -28,6 +28,7 @@ from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 from rqapp import TESTS_DIR, jobs, write_ini
+from rqapp.contract import stop_process_group
 from rqapp.controllers import RQRoot
 from services import wait_for
 
@@ -77,7 +78,8 @@ def workers(rq_setup):
         named = ["--name", name] if command == ("tgext.asyncjob.rqworker",) else []
         proc = subprocess.Popen(
             [sys.executable, "-m", *command, rq_setup["ini"], *named, *extra],
-            cwd=str(rq_setup["tmp_path"]), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            cwd=str(rq_setup["tmp_path"]), env=_env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its process group ends with it (stop_process_group)
         proc.log, proc.worker_name = log, name
         started.append(proc)
         return proc
@@ -88,11 +90,7 @@ def workers(rq_setup):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for proc in started:
-        try:
-            proc.wait(WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(WORKER_STOP_TIMEOUT)
+        stop_process_group(proc)
         proc.log.close()
 
 
@@ -689,12 +687,14 @@ def test_on_commit_delayed_job_committing_after_stop_is_reported_by_stop(rq_app,
     assert rq.Queue(rq_setup["queue_name"], connection=rq_setup["client"]).count == 0
 
 
-def test_the_backend_wants_a_tracker_workers_can_see(rq_setup):
-    """The configuration layer gives rq a Redis tracker; a queue made by hand with a
-    memory tracker gets a clear error, not jobs "queued" forever as the web sees them."""
-    with pytest.raises(ValueError, match="MemoryProgressTracker.*RedisProgressTracker"):
-        aj.JobQueue(MemoryProgressTracker(), backend="rq", backend_options=dict(
-            redis_url=rq_setup["redis_url"], queue_name=rq_setup["queue_name"]))
+def test_the_backend_keeps_records_where_workers_see_them(rq_setup):
+    """However the queue is made, a memory tracker (this process only) gives way to a
+    Redis tracker on the backend's Redis: the web sees what workers write."""
+    q = aj.JobQueue(MemoryProgressTracker(), backend="rq", backend_options=dict(
+        redis_url=rq_setup["redis_url"], queue_name=rq_setup["queue_name"]))
+    assert isinstance(q.store, RedisProgressTracker)
+    kwargs = q.store.redis.connection_pool.connection_kwargs
+    assert kwargs == q.backend.connection.connection_pool.connection_kwargs
 
 
 @pytest.mark.parametrize("option, value", [

@@ -813,3 +813,32 @@ def test_with_jobs_in_another_database_the_job_is_inserted_after_the_commit(
     queue_of(app).backend.work(threads=1, burst=True)
     assert queue_of(app).get_status(jobid).state is JobState.SUCCEEDED
     assert row_names(app) == ['committed']
+
+
+def test_a_stopped_queue_holds_no_database_connection(make_app, postgres_db_url):
+    app = sql_app(make_app, postgres_db_url)
+    q = queue_of(app)
+    wait_state(q, q.perform(noop), JobState.SUCCEEDED)
+    q.stop(10)
+    engines = {id(e): e for e in (q.backend.engines.write, q.backend.engines.read,
+                                  q.backend.engines.auto)}.values()
+    assert sum(e.pool.checkedin() + e.pool.checkedout() for e in engines) == 0
+    assert q.get_status(q.recent()[0].id).state is JobState.SUCCEEDED  # reads still work
+
+
+def test_rows_claimed_as_the_stop_begins_are_handed_back_not_left_unrun():
+    from tgext.asyncjob.backends.sqlalchemy.runner import Runner
+    executed, unclaimed, stopped = [], [], threading.Event()
+    runner = None
+
+    def claim(limit):
+        # The stop begins while this claim is in flight.
+        threading.Thread(target=lambda: (runner.stop(5), stopped.set())).start()
+        wait_for(runner._stopping.is_set, timeout=WAIT, message='the stop never began')
+        return [{'id': 'a'}]
+    runner = Runner(claim, executed.append, lambda: None, threading.Event(), threads=1,
+                    unclaim=unclaimed.extend)
+    runner.start()
+    assert stopped.wait(WAIT)
+    wait_for(lambda: unclaimed, timeout=WAIT, message='the row was not handed back')
+    assert unclaimed == [{'id': 'a'}] and executed == []

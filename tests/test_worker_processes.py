@@ -72,6 +72,12 @@ class SqlApp:
         with self.engine.connect() as conn:
             return conn.execute(sa.text("SELECT COUNT(*) FROM job_runs")).scalar()
 
+    def jobs_rows(self):
+        """The rows of the sqlalchemy backend's jobs table, for failure messages."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT name, state, worker_id, attempt, started_at FROM asyncjob_jobs")).all()
+
     def pids(self):
         with self.engine.connect() as conn:
             return set(conn.execute(sa.text("SELECT DISTINCT pid FROM job_runs")).scalars())
@@ -242,7 +248,8 @@ def test_worker_keeps_its_app_from_running_jobs_in_process(pg):
     wait_for(lambda: os.path.exists(started), timeout=30, message="the gated job never started")
     # One thread: the second job waits for the first; extra in-process threads would
     # have run it already.
-    assert status(web, second)["state"] == "queued"
+    assert status(web, second)["state"] == "queued", (
+        status(web, first), status(web, second), pg.jobs_rows(), worker.tail())
     open(gate, "w").close()
     wait_state(web, second, "succeeded")
     assert status(web, first)["state"] == "succeeded"

@@ -9,6 +9,7 @@ shutdown) and the queue's keys are deleted.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -42,29 +43,45 @@ def make_rq_queue(request):
     q.backend.start()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [TESTS_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    # A session of its own: RQ's scheduler, a child of the worker, is stopped with it
+    # even if the SIGTERM came before the worker knew of it.
     worker = subprocess.Popen(
         [sys.executable, "-m", "rqapp.contract", "WORKER", redis_url, queue_name],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     client = redis.Redis.from_url(redis_url)
 
     def teardown():
-        q.stop(10)
-        worker.terminate()
         try:
-            worker.wait(WORKER_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(WORKER_TIMEOUT)
-        for key in client.scan_iter(match="*%s*" % queue_name):
-            client.delete(key)
-        client.close()
+            q.stop(10)
+        finally:
+            stop_process_group(worker)
+            for key in client.scan_iter(match="*%s*" % queue_name):
+                client.delete(key)
+            client.close()
 
     request.addfinalizer(teardown)
     rq_queue = rq.Queue(queue_name, connection=client)
     wait_for(lambda: worker.poll() is not None or rq.Worker.all(queue=rq_queue),
              timeout=WORKER_TIMEOUT, message="the rq worker did not register")
-    assert worker.poll() is None, worker.stderr.read()
+    assert worker.poll() is None, "the rq worker exited at start"
     return q
+
+
+def stop_process_group(proc):
+    """SIGTERM (RQ's warm shutdown) to a worker started with ``start_new_session``,
+    SIGKILL after :data:`WORKER_TIMEOUT`; then SIGKILL to whatever is left of its
+    process group (a scheduler child)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(WORKER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(WORKER_TIMEOUT)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["WORKER"]:

@@ -42,7 +42,7 @@ class Setting:
         try:
             return self.parse(value)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f'{self.key} = {value!r} is not valid: {exc}') from None
+            raise type(exc)(f'{self.key}: {exc}') from None
 
 
 # -- parsers: each accepts the typed value (code) and its .ini string -----------------
@@ -67,29 +67,19 @@ def seconds(value: Any) -> float:
     return checked
 
 
-_BOOLEAN = 'use true or false (also yes/no, on/off, 1/0)'
-
-
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        try:
-            return asbool(value)
-        except ValueError:
-            raise ValueError(_BOOLEAN) from None
-    raise TypeError(_BOOLEAN)
+        return asbool(value)  # ValueError for anything but true/false, yes/no, on/off, 1/0
+    raise TypeError(f'expected true or false, got {value!r}')
 
 
 def _access(value: Any) -> Any:
     # A bool, its .ini spelling, or a predicate called per request; None: only in debug.
     if value is None or callable(value):
         return value
-    try:
-        return _boolean(value)
-    except (TypeError, ValueError):
-        raise ValueError(f'{_BOOLEAN} or a callable taking no arguments that returns '
-                         'whether to allow') from None
+    return _boolean(value)
 
 
 #: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
@@ -188,20 +178,18 @@ def check_conf_keys(conf: Mapping[str, Any] | None) -> None:
 
 
 def coercion() -> dict[str, Callable[[Any], Any]]:
-    """``{key: coerce}`` for a TurboGears ``ConfigurationComponent.get_coercion``."""
+    """``{key: coerce}``, as a TurboGears ``ConfigurationComponent.get_coercion`` returns:
+    for code that reads ``asyncjob.*`` keys outside a started queue."""
     return {s.key: s.coerce for s in SETTINGS}
 
 
 def resolve(conf: Mapping[str, Any] | None, plugged: Mapping[str, Any],
-            explicit: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
-    """Every setting's value (of ``scope`` only, if given): ``explicit`` arguments, else
-    ``conf``'s key, else ``plugged`` options, else the default; each one checked
-    (errors name the key)."""
+            explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting's value: ``explicit`` arguments, else ``conf``'s key, else
+    ``plugged`` options, else the default; each one checked (errors name the key)."""
     check_conf_keys(conf)
     values = {}
     for setting in SETTINGS:
-        if scope is not None and setting.scope != scope:
-            continue
         if explicit.get(setting.name) is not None:
             value = explicit[setting.name]
         elif conf is not None and setting.key in conf:  # None there may mean "off" (mount)

@@ -21,15 +21,23 @@ log = logging.getLogger('tgext.asyncjob')
 PING_TIMEOUT = 1.0
 
 
-def make_tracker(tracker: Any) -> Any:
+def make_tracker(tracker: Any, backend: Any, backend_options: Mapping[str, Any]) -> Any:
     """The tracker object for the ``asyncjob.tracker`` value (``None``, ``memory``, a
-    Redis URL, or a tracker object). A backend that needs records every process sees
-    (rq) replaces a memory tracker itself (``Backend.own_store``)."""
+    Redis URL, or a tracker object). Unset with the rq backend, a Redis tracker on the
+    backend's Redis: its worker processes must see the records (a memory tracker given
+    on purpose is refused by the backend, with the reason)."""
+    if tracker is None and backend == 'rq':
+        from .trackers.redisdb import RedisProgressTracker
+        connection = backend_options.get('connection')
+        if connection is not None:
+            return RedisProgressTracker(client=connection)
+        from .backends.rq import DEFAULT_REDIS_URL
+        return RedisProgressTracker(url=backend_options.get('redis_url') or DEFAULT_REDIS_URL)
     if tracker is None or tracker == 'memory':
         from .trackers.memory import MemoryProgressTracker
         return MemoryProgressTracker()
     if isinstance(tracker, str):
-        from .trackers.redisdb import RedisProgressTracker
+        from .trackers.redisdb import RedisProgressTracker  # redis: an optional dependency
         return RedisProgressTracker(url=tracker)
     return tracker
 

@@ -79,8 +79,7 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
                     'them, e.g. start_async_worker(self) in Globals.__init__')
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
-    # The queue's settings only: the others (mount, page access) are the plugged app's.
-    values = settings.resolve(conf, {}, options, settings.QUEUE)
+    values = settings.resolve(conf, {}, options)
     return _start(app_globals, progress_tracker, conf, hooks,
                   settings.backend_options(conf, None, backend_options), values)
 
@@ -94,7 +93,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker)
+    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
@@ -115,15 +114,13 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
         super().__init__()
         self.plug_options: dict[str, Any] = {}
 
-    def get_coercion(self) -> dict[str, Any]:
-        # Applied by TurboGears to the .ini and blueprint: a bad value fails the build.
-        return settings.coercion()
-
     def get_actions(self) -> tuple[Any, ...]:
         return (EnvironmentLoadedConfigurationAction(self._start),)
 
     def _start(self, conf: Any, app: Any) -> None:
         options = self.plug_options
+        # Checked here rather than as TG coercions at configure time: the build fails
+        # just as early for the user, once TG's own set-up (renderers) is complete.
         values = settings.resolve(conf, options, {})
         # The resolved values go back into the configuration, where the web
         # controller reads asyncjob.mount, show_tracebacks and jobs_access.

@@ -69,7 +69,8 @@ def clip_text(text: str, budget: int) -> tuple[str, int | None]:
     if len(raw) <= budget:
         return text, None
     kept = raw[:budget].decode('utf-8', 'ignore')  # never half a character
-    return f'{kept}… [truncated: {len(raw)} bytes, over the {budget}-byte budget]', len(raw)
+    # ASCII only: one non-ASCII character would double an ASCII text's size in memory.
+    return f'{kept}... [truncated: {len(raw)} bytes, over the {budget}-byte budget]', len(raw)
 
 
 def clip_error(error: Any, budget: int) -> tuple[Any, list[str]]:

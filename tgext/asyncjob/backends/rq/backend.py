@@ -100,7 +100,6 @@ class RQBackend(Backend):
                  abandoned_after: int | str | None = None,
                  cleanup_interval: float | str | None = None):
         super().__init__(runtime)
-        _require_shared_store(runtime.store)
         # RQ's heartbeats and time limits count whole seconds.
         self.heartbeat_interval = int(_seconds('heartbeat_interval', heartbeat_interval,
                                                DEFAULT_HEARTBEAT_INTERVAL, 1))
@@ -128,6 +127,18 @@ class RQBackend(Backend):
                  f'{kwargs.get("host", "localhost")}:{kwargs.get("port", 6379)}')
         return (f'rq: RQ queue {self.queue_name!r} on Redis {where}/{kwargs.get("db", 0)}; '
                 f'jobs run in worker processes (python -m tgext.asyncjob worker)')
+
+    def own_store(self) -> Any:
+        """Workers write the records the web process reads: a memory tracker (this
+        process only) is replaced by a Redis tracker on the backend's Redis (the queue
+        asks every backend, whichever way it was made); any other tracker is kept."""
+        from ...trackers.memory import MemoryProgressTracker
+        from ...trackers.redisdb import RedisProgressTracker
+        if not isinstance(self.runtime.store, MemoryProgressTracker):
+            return None
+        log.info('asyncjob backend rq: job records go to Redis (%s): the memory tracker '
+                 'cannot be seen by worker processes', self.description)
+        return RedisProgressTracker(client=self.connection)
 
     # -- taking jobs -------------------------------------------------------------------
 
@@ -256,20 +267,6 @@ class RQBackend(Backend):
             raise UnsupportedOption(f'the rq backend runs one job at a time per worker process '
                              f'(got threads={threads!r}): start several worker processes')
         work([self], burst=burst, queues=queues or (), **rq_options)
-
-
-def _require_shared_store(store: Any) -> None:
-    """Workers write the records the web process reads: a process-local memory tracker
-    would leave every job "queued" forever as far as the web can tell. (The
-    configuration layer, ``startup.make_tracker``, gives the rq backend a Redis tracker
-    unless one was chosen.)"""
-    from ...trackers.memory import MemoryProgressTracker
-    if isinstance(store, MemoryProgressTracker):
-        raise ValueError('the rq backend runs jobs in worker processes, which cannot see a '
-                         'MemoryProgressTracker of this process: give the queue a '
-                         'RedisProgressTracker (asyncjob.tracker = redis://...; plug() and '
-                         'start_async_worker() choose one on the backend\'s Redis by '
-                         'default)')
 
 
 def _job_named(jobid: str, record: dict[str, Any]) -> Job:

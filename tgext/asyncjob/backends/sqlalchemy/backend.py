@@ -310,7 +310,8 @@ class SQLAlchemyBackend(Backend):
         names = list(queues or [self.queue_name])
         self._runner = Runner(functools.partial(self._claim, names), self._execute,
                               functools.partial(next_run_at, self.engines, names), self.wake,
-                              threads=threads, poll_interval=self.poll_interval, burst=burst)
+                              threads=threads, poll_interval=self.poll_interval, burst=burst,
+                              unclaim=self._unclaim)
         try:  # registered before the first claim, so no rescuer takes its jobs
             beat(self.engines, self.worker_id, time.time())
         except SQLAlchemyError as exc:
@@ -342,6 +343,14 @@ class SQLAlchemyBackend(Backend):
         if attempt is not None:
             self.runs[jobid] = Run(self._stand_in(jobid, None, JobState.RUNNING, attempt),
                                    attempt, self.worker_id)
+
+    def _unclaim(self, rows: list[dict[str, Any]]) -> None:
+        """Rows claimed as the stop began, never started: queued again as they were."""
+        with self.engines.writing() as conn:
+            for row in rows:
+                conn.execute(transitions.of_run(row['id'], self.worker_id, row['attempt'])
+                             .values(state='queued', worker_id=None, started_at=None,
+                                     attempt=row['attempt'] - 1))
 
     def _claim(self, queues: list[str], limit: int) -> list[dict[str, Any]]:
         return claim(self.engines, self.worker_id, queues, time.time(), limit)
@@ -476,6 +485,9 @@ class SQLAlchemyBackend(Backend):
                 self.runtime.lifecycle.retry(run.job, JobError(
                     'Interrupted', 'the worker stopped while the job ran'), 0)
         self._stop_services()
+        # Pooled connections are closed (status reads after the stop open new ones):
+        # a stopped queue holds no connection of the database's limited supply.
+        self.engines.dispose()
         if runner is not None:
             runner.release()  # work() returns now: everything is in the database
         return []

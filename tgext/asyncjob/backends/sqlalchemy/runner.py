@@ -32,11 +32,13 @@ class Runner:
     def __init__(self, claim: Callable[[int], list[dict[str, Any]]],
                  execute: Callable[[dict[str, Any]], None],
                  next_due: Callable[[], float | None], wake: threading.Event, *,
+                 unclaim: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
                  threads: int = 1, poll_interval: float = 1.0, burst: bool = False,
                  name: str = 'asyncjob'):
         if int(threads) < 1:
             raise ValueError(f'threads must be at least 1, got {threads!r}')
         self.claim = claim
+        self.unclaim = unclaim
         self.execute = execute
         self.next_due = next_due
         self.wake = wake
@@ -48,6 +50,9 @@ class Runner:
         self._work: stdqueue.SimpleQueue[dict[str, Any] | None] = stdqueue.SimpleQueue()
         self._stopping = threading.Event()
         self._released = threading.Event()
+        # Rows go to the executors, and stop() sends its sentinels, under this lock: a
+        # row claimed as the stop began is handed back, never left behind a sentinel.
+        self._handoff = threading.Lock()
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._idle = threading.Condition(self._busy_lock)
@@ -115,10 +120,17 @@ class Runner:
             for _ in range(free - len(rows)):
                 self._free.release()
             if rows:
-                with self._busy_lock:
-                    self._busy += len(rows)
-                for row in rows:
-                    self._work.put(row)
+                with self._handoff:
+                    stopping = self._stopping.is_set()
+                    if not stopping:
+                        with self._busy_lock:
+                            self._busy += len(rows)
+                        for row in rows:
+                            self._work.put(row)
+                if stopping:  # claimed as the stop began: back to the queue, unrun
+                    for _ in rows:
+                        self._free.release()
+                    self.unclaim(rows)
                 continue
             if self.burst and self._burst_done():
                 return
@@ -162,11 +174,12 @@ class Runner:
     def stop(self, timeout: float) -> bool:
         """Claim no more; wait up to ``timeout`` s for running jobs. True if none is
         left running."""
-        self._stopping.set()
-        self.wake.set()
         deadline = time.monotonic() + max(timeout, 0)
-        for _ in self._executors:
-            self._work.put(None)
+        with self._handoff:
+            self._stopping.set()
+            for _ in self._executors:
+                self._work.put(None)
+        self.wake.set()
         for thread in self._executors:
             thread.join(max(deadline - time.monotonic(), 0))
         return not any(t.is_alive() for t in self._executors)
