@@ -208,8 +208,12 @@ def machine_facts(redis_version, baseline):
     if subprocess.run(["git", "status", "--porcelain", "--", "tgext"], cwd=ROOT,
                       capture_output=True, text=True).stdout.strip():
         git += " + uncommitted changes in tgext/"
-    pg = subprocess.run(["psql", "-U", "postgres", "-h", "127.0.0.1", "-Atc", "show server_version",
-                         "postgres"], capture_output=True, text=True).stdout.strip() or "?"
+    try:
+        import psycopg
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as c:
+            pg = c.execute("SHOW server_version").fetchone()[0]
+    except Exception as e:  # the report says it could not tell
+        pg = "? (%s)" % type(e).__name__
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": model, "cores": os.cpu_count(), "kernel": os.uname().release,
