@@ -1,10 +1,11 @@
 """The backend contract (tests/test_contract_backends.py's table of scenarios and
-answers) on the ``sqlalchemy`` backend over MariaDB; the contract module itself runs it
-on SQLite and PostgreSQL."""
+answers) run on the ``sqlalchemy`` backend, on each database."""
 import pytest
 
 import test_contract_backends as contract
-from test_sqlalchemy_backend import mariadb_url  # noqa: F401 (fixture)
+from test_sqlalchemy_backend import mariadb_url, url  # noqa: F401 (fixtures)
+
+from tgext.asyncjob import JobQueue
 
 
 def _cases():
@@ -18,6 +19,11 @@ def _cases():
 
 
 @pytest.mark.parametrize('scenario, state, check', list(_cases()))
-def test_contract_on_mariadb(request, tmp_path, mariadb_url, scenario, state, check):  # noqa: F811
-    entry = contract.Entry(lambda request: contract._sqlalchemy(request, 'mariadb_url'))
-    contract.test_contract(request, tmp_path, entry, scenario, state, check)
+def test_contract(request, tmp_path, url, scenario, state, check):  # noqa: F811
+
+    def make(request):
+        q = JobQueue(backend='sqlalchemy', backend_options={'url': url}, workers=2)
+        q.backend.start()
+        request.addfinalizer(lambda: (q.stop(10), q.backend.engines.dispose()))
+        return q
+    contract.test_contract(request, tmp_path, contract.Entry(make), scenario, state, check)

@@ -87,10 +87,6 @@ def _access(value: Any) -> Any:
 BACKENDS = ('threads', 'rq', 'sqlalchemy')
 
 
-#: The backends ``asyncjob.backend`` names (see ``JobQueue``); a factory also works.
-BACKENDS = ('threads', 'rq', 'sqlalchemy')
-
-
 def _backend(value: Any) -> Any:
     if callable(value):
         return value
