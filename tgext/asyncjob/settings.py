@@ -104,7 +104,7 @@ def _tracker(value: Any) -> Any:
     value = value.strip()
     if value == 'memory':
         return value
-    from .trackers.redisdb import check_redis_url  # redis is an optional dependency
+    from .trackers.redisurl import check_redis_url  # without the optional redis package
     return check_redis_url(value)
 
 
