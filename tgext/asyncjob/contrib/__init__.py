@@ -1,0 +1,1 @@
+"""Optional integrations built on the public hooks (:mod:`tgext.asyncjob.hooks`)."""
