@@ -88,9 +88,11 @@ class Processes:
         args = [sys.executable if a == "python" else a for a in args]
         log = os.path.join(self.directory, "%s-%d.log" % (name, len(self.started)))
         with open(log, "wb") as out:
+            # A session of its own, so close() reaches the children it forks too (an
+            # RQ worker's scheduler outlives a SIGKILLed worker otherwise).
             popen = subprocess.Popen(args, cwd=self.directory, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(name, popen, log)
         self.started.append(proc)
         return proc
@@ -117,10 +119,14 @@ class Processes:
         return proc
 
     def close(self):
-        """SIGKILL every process still running."""
+        """SIGKILL every process still running, and whatever each one forked."""
         for proc in self.started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the process and all it forked are gone already
             if proc.alive():
-                proc.kill()
+                proc.popen.wait(EXIT_TIMEOUT)
 
 
 def _answers(url):
