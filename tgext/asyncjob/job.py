@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import secrets
 import threading
 import time
@@ -13,6 +14,15 @@ def new_job_id() -> str:
     """A 128-bit id from the operating system's CSPRNG: unguessable (ids are the only
     key to a job's status pages), unique across processes, carrying no MAC or clock."""
     return secrets.token_hex(16)
+
+
+_JOB_ID = re.compile(r'[0-9a-f]{32}')
+
+
+def is_job_id(value: Any) -> bool:
+    """True for a string :func:`new_job_id` could have made: anything else is refused
+    before it reaches a page, a Redis key or another system's jobs."""
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
 
 
 def callable_name(func: Callable[..., Any]) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import urllib.parse
 from importlib import resources
 from typing import Any, Mapping
@@ -33,7 +32,7 @@ from tg.exceptions import HTTPNotModified
 
 from . import jsonsafe
 from .errors import NoWorkerError, TrackerUnavailable
-from .job import JobState, JobStatus
+from .job import JobState, JobStatus, is_job_id
 from .webaccess import check_access_rules, jobs_page_allowed, tracebacks_allowed
 from .webview import (HIDDEN_ERROR, PAGE, STATE_TEXT, bar_html, error_body, error_text,
                       jobs_table, message_of, percent_of, status_body)
@@ -58,7 +57,6 @@ _JOBS_LIMIT_MAX = 500
 
 # What a job id looks like (``secrets.token_hex(16)``). Anything else in a job URL is
 # answered 404 before any lookup or rendering: it never reaches a tracker, a page or a URL.
-_JOB_ID = re.compile(r'[0-9a-f]{32}')
 
 
 # -- helpers usable from any page ---------------------------------------------------
@@ -171,7 +169,7 @@ class AsyncJobController(TGController):
     def status(self, jobid: str, *rest: str, **params: Any) -> bytes:
         """``status/<id>.json``: the job's status; 404 unknown, 503 tracker down."""
         jobid = _strip_json(jobid)
-        valid = not rest and _JOB_ID.fullmatch(jobid) is not None
+        valid = not rest and is_job_id(jobid)
         status, code = self._status(jobid) if valid else (None, 404)
         if status is None:
             state = 'unknown' if code == 503 else 'not_found'
@@ -188,7 +186,7 @@ class AsyncJobController(TGController):
     def progress(self, jobid: str = '', *rest: str, **params: Any) -> bytes:
         """``progress/<id>``: a page whose bar follows the job until it ends."""
         base = _mount_url()
-        if rest or base is None or _JOB_ID.fullmatch(jobid) is None:
+        if rest or base is None or not is_job_id(jobid):
             return _not_found('job')
         status, code = self._status(jobid)
         status_url = f'{base}/status/{jobid}.json'

@@ -10,7 +10,6 @@ any process, however late, brings a finished job back to life.
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
@@ -19,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import TrackerUnavailable
+from ..job import is_job_id
 from .base import (RESULT_BUDGET, ProgressTracker, check_progress_value, clip_error,
                    clip_text, note_truncation, progress_from_record)
 from .redisurl import check_redis_url
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ['RedisProgressTracker', 'check_redis_url']
 
-_JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
 _JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
 
 # HSET + EXPIRE unless the record is finished. KEYS[1]: the job's hash; ARGV[1]: the
@@ -105,7 +104,7 @@ class RedisProgressTracker(ProgressTracker):
         self._down = False
 
     def _key(self, entryid: str) -> str | None:
-        if not isinstance(entryid, str) or not _JOB_ID.match(entryid):
+        if not is_job_id(entryid):
             return None
         return f'{self.prefix}job:{entryid}'
 

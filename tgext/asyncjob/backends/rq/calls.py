@@ -8,25 +8,23 @@ be reused while it still executes.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from ... import importpath
 from ...importpath import THREADS_HINT, import_callable
-from ...job import Job
+from ...job import Job, is_job_id
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
 RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
 #: RQ's failure callback of every job: how a run that died unnoticed gets recorded.
 ON_FAILURE = 'tgext.asyncjob.backends.rq.rq_job_failed'
 
-_JOB_ID = re.compile(r'[0-9a-f]{32}\Z')
 
 
 def is_our_id(jobid: Any) -> bool:
     """True for an id ``asyncjob_perform`` could have returned (never touch other RQ
     jobs)."""
-    return isinstance(jobid, str) and _JOB_ID.match(jobid) is not None
+    return is_job_id(jobid)
 
 
 def rq_job_id(jobid: str, attempt: int) -> str:
