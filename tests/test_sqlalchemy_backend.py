@@ -844,3 +844,33 @@ def test_rows_claimed_as_the_stop_begins_are_handed_back_not_left_unrun():
     assert stopped.wait(WAIT)
     wait_for(lambda: unclaimed, timeout=WAIT, message='the row was not handed back')
     assert unclaimed == [{'id': 'a'}] and executed == []
+
+
+def test_a_claim_never_takes_more_than_its_limit(url):
+    # PostgreSQL may run ``id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` as a
+    # join that rescans the subquery: each rescan skips the rows already locked and
+    # returns new ones, so the UPDATE took more rows than the limit (a one-thread
+    # worker then showed two jobs running).
+    from tgext.asyncjob.backends.sqlalchemy.claims import claim
+    from tgext.asyncjob.backends.sqlalchemy.engine import make_engines
+    engines = make_engines(url)
+    try:
+        schema.create_tables(engines.write)
+        now = time.time()
+        rows = [{'id': uuid.uuid4().hex, 'queue': 'default', 'func': 'm:f', 'name': 'f',
+                 'args': '[]', 'kwargs': '{}', 'state': 'queued', 'priority': 0,
+                 'run_at': now - 1, 'enqueued_at': now - 1, 'attempt': 0,
+                 'cancel_requested': False} for _ in range(40)]
+        with engines.write.begin() as conn:
+            conn.execute(schema.jobs.insert(), rows)
+        taken = []
+        for limit in [1] * 20 + [3] * 6:
+            got = claim(engines, 'w', ['default'], time.time(), limit)
+            assert len(got) == limit, (limit, len(got))
+            taken += [r['id'] for r in got]
+        with engines.read.connect() as conn:
+            running = conn.execute(sqlalchemy.select(schema.jobs.c.id).where(
+                schema.jobs.c.state == 'running')).scalars().all()
+        assert sorted(running) == sorted(taken)
+    finally:
+        engines.dispose()

@@ -6,9 +6,12 @@ The claim query, on every dialect::
     WHERE state = 'queued' AND queue IN (...) AND run_at <= :now
     ORDER BY priority DESC, run_at LIMIT :limit FOR UPDATE SKIP LOCKED
 
-PostgreSQL and SQLite run it as the subquery of one ``UPDATE ... RETURNING`` (one
-round trip; SQLite inside ``BEGIN IMMEDIATE``, which holds the write lock, so no
-other process can claim meanwhile and ``SKIP LOCKED`` is not needed). MySQL and
+PostgreSQL and SQLite run it as a ``WITH due AS MATERIALIZED (...)`` of one
+``UPDATE ... RETURNING`` (one round trip; SQLite inside ``BEGIN IMMEDIATE``, which
+holds the write lock, so no other process can claim meanwhile and ``SKIP LOCKED`` is
+not needed). Materialized, because PostgreSQL may otherwise run ``id IN (subquery)``
+as a join that rescans the subquery, and with ``SKIP LOCKED`` every rescan returns
+rows not yet locked: one claim then takes more rows than its limit. MySQL and
 MariaDB cannot ``UPDATE ... RETURNING`` nor update a table they select from in a
 subquery: there the locked rows are selected, then updated, in one transaction.
 Either way the UPDATE also requires ``state = 'queued'``, a compare-and-set: a job
@@ -53,8 +56,9 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
         return []
     query = due_jobs(queues, now, limit)
     if engines.write.dialect.update_returning:
+        due = query.cte('due').prefix_with('MATERIALIZED', dialect='postgresql')
         stmt = (update(jobs)
-                .where(jobs.c.id.in_(query.scalar_subquery()), jobs.c.state == 'queued')
+                .where(jobs.c.id.in_(select(due.c.id)), jobs.c.state == 'queued')
                 .values(_running(worker_id, now))
                 .returning(*CLAIMED_COLUMNS))
         with engines.writing() as conn:
