@@ -103,7 +103,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    tracker = startup.make_tracker(tracker)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
