@@ -1,4 +1,7 @@
-"""Every Python example in README.rst runs here, in order, against real apps."""
+"""Every Python example of README.rst and of the documentation (docs/**/*.rst) runs
+here, against real apps: each ``.. code-block:: python`` is claimed by one test through a
+marker string of HANDLERS, wherever the block lives, so moving an example between README
+and a docs page keeps it tested."""
 import pathlib
 import re
 import textwrap
@@ -12,12 +15,20 @@ from jobhelpers import wait_finished
 from sampleapp import model
 from services import wait_for
 
-README = pathlib.Path(__file__).parent.parent / 'README.rst'
+ROOT = pathlib.Path(__file__).parent.parent
+README = ROOT / 'README.rst'
+DOCUMENTS = [README, *sorted((ROOT / 'docs').rglob('*.rst'))]
+PYTHON_BLOCK = re.compile(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)')
+
+
+def located_blocks():
+    """``{block: the file it is in}`` for every Python example, in document order."""
+    return {textwrap.dedent(b): path for path in DOCUMENTS
+            for b in PYTHON_BLOCK.findall(path.read_text())}
 
 
 def python_blocks():
-    blocks = re.findall(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)', README.read_text())
-    return [textwrap.dedent(b) for b in blocks]
+    return list(located_blocks())
 
 
 def shell_commands():
@@ -32,6 +43,16 @@ def test_readme_opens_with_the_demo_and_test_commands():
     assert 'README.rst' in ci
 
 
+def test_every_python_example_is_one_this_module_finds():
+    # A block with options (:caption:) or written ``.. code:: python`` would escape the
+    # pattern, and with it the tests.
+    for path in DOCUMENTS:
+        text = path.read_text()
+        found = len(PYTHON_BLOCK.findall(text))
+        assert len(re.findall(r'^\s*\.\. (?:code-block|code|sourcecode):: py', text, re.M)) \
+            == found, path
+
+
 def test_every_block_is_run_by_this_module():
     handled = [any(marker in block for marker in HANDLERS) for block in python_blocks()]
     assert handled and all(handled), python_blocks()[handled.index(False)]
@@ -39,7 +60,7 @@ def test_every_block_is_run_by_this_module():
 
 def run(block, **names):
     namespace = dict(names)
-    exec(compile(block, str(README), 'exec'), namespace)
+    exec(compile(block, str(located_blocks().get(block, README)), 'exec'), namespace)
     return namespace
 
 
@@ -143,6 +164,16 @@ def test_export_block(make_app, sqlite_db_url):
     assert app.get(f'/asyncjob/status/{jobid}.json').json['percent'] == 100
 
 
+def test_quickstart_block(make_app, sqlite_db_url):
+    ns = run(block_with('class QuickstartController'))
+    app = make_app(sqlite_db_url, root=ns['QuickstartController'])
+    progress_url = app.get('/start').headers['Location']
+    assert app.get(progress_url).status_int == 200
+    jobid = progress_url.rstrip('/').rsplit('/', 1)[1]
+    status = wait_finished(app.app_globals.asyncjob_queue, jobid)
+    assert (status.state.value, status.result, status.data) == ('succeeded', 20, '20 of 20 rows')
+
+
 def test_snippet_block():
     ns = run(block_with('progress_snippet(jobid)'), jobid='0123456789abcdef0123456789abcdef')
     assert 'asyncjob' in str(ns['progress_snippet']('0123456789abcdef0123456789abcdef'))
@@ -155,6 +186,7 @@ def test_jobs_access_block():
 
 
 HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
+            'class QuickstartController',
             "'asyncjob.jobs_access'",
 "plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
