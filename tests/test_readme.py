@@ -174,6 +174,50 @@ def test_quickstart_block(make_app, sqlite_db_url):
     assert (status.state.value, status.result, status.data) == ('succeeded', 20, '20 of 20 rows')
 
 
+def plugged_hooks(marker):
+    """The hooks a block gives ``plug()``, run on a configurator of its own."""
+    base_config = FullStackApplicationConfigurator()
+    ns = run(block_with(marker), base_config=base_config)
+    return ns, base_config.get_component('asyncjob').plug_options['hooks']
+
+
+def test_prometheus_block(make_app, sqlite_db_url):
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+    ns, [hook] = plugged_hooks('hooks=[PrometheusHook()])')
+    try:
+        app = make_app(sqlite_db_url, root=ns['RootController'], plug_options={'hooks': [hook]})
+        q = app.app_globals.asyncjob_queue
+        wait_finished(q, q.perform(int, ('7',)))
+        assert ('asyncjob_jobs_finished_total{callable="builtins.int",state="succeeded"} 1.0'
+                in app.get('/metrics').text)
+    finally:  # the block registers on the process-wide registry: leave it as it was
+        for metric in vars(hook).values():
+            if isinstance(metric, MetricWrapperBase):
+                REGISTRY.unregister(metric)
+
+
+def test_opentelemetry_block(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from tgext.asyncjob import start_async_worker
+    _, [hook] = plugged_hooks('hooks=[OpenTelemetryHook()])')
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # The block's hook traces with the global provider, which a process sets only once.
+    monkeypatch.setattr(hook, 'tracer', provider.get_tracer('tgext.asyncjob'))
+    q = start_async_worker(SimpleNamespace(), hooks=[hook])
+    try:
+        jobid = q.perform(int, ('7',))
+        wait_finished(q, jobid)
+    finally:
+        q.stop(5)
+    [span] = wait_for(lambda: exporter.get_finished_spans())
+    assert (span.name, span.attributes['asyncjob.job_id']) == ('asyncjob builtins.int', jobid)
+
+
 def test_snippet_block():
     ns = run(block_with('progress_snippet(jobid)'), jobid='0123456789abcdef0123456789abcdef')
     assert 'asyncjob' in str(ns['progress_snippet']('0123456789abcdef0123456789abcdef'))
@@ -186,7 +230,8 @@ def test_jobs_access_block():
 
 
 HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
-            'class QuickstartController',
+            'class QuickstartController', 'hooks=[PrometheusHook()])',
+            'hooks=[OpenTelemetryHook()])',
             "'asyncjob.jobs_access'",
 "plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
