@@ -21,6 +21,4 @@ html_theme = 'alabaster'
 html_static_path: list = []
 
 autodoc_member_order = 'bysource'
-autodoc_typehints = 'description'
-# Type hints name classes of TurboGears, SQLAlchemy... that these pages do not document.
-autodoc_typehints_format = 'short'
+autodoc_typehints_format = 'short'  # ``Callable``, not ``typing.Callable``
