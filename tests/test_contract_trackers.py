@@ -31,7 +31,7 @@ BIG = 10 * 1024 * 1024  # 10 MB: far beyond any budget
 
 
 class FourMethodTracker(object):
-    """The README's (and 0.3's) custom tracker: four methods, nothing else."""
+    """The custom tracker of docs/trackers.rst (and 0.3): four methods, nothing else."""
 
     def __init__(self):
         self.status = {}

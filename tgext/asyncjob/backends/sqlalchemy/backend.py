@@ -4,7 +4,7 @@
 application's ``sqlalchemy.url``), ``asyncjob.backend.in_process`` (default true: the
 web process's ``asyncjob.workers`` threads run jobs too), ``asyncjob.backend.create_tables``
 (default true). The jobs table is the queue, the schedule and the job store at once, so
-every process sees every job. See README "Durable jobs in your database".
+every process sees every job. See docs/backends/sqlalchemy.rst.
 
 Every state change goes through the queue's lifecycle; the lifecycle's store (this
 backend's :class:`~.store.SQLJobStore`) turns each into a compare-and-set UPDATE, so
