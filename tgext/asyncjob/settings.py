@@ -156,6 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
             'show failed jobs\' tracebacks: bool or predicate (unset: ``debug``)', APP),
     Setting('jobs_access', _access, None,
             'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
+    Setting('secret', _text, None,
+            'CSRF token key of the job pages\' actions (unset: the session secret)', APP),
     Setting('back_url', _text, None,
             'the progress page\'s link back (unset: the referring page of the site)', APP),
     Setting('periodic_tz', _zone, zoneinfo.ZoneInfo('UTC'),
