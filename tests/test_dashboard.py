@@ -4,9 +4,16 @@ on every backend whose tracker lists jobs."""
 
 import urllib.parse
 
-from test_web import gate, occupy_worker, queue_of, web_app  # noqa: F401 - fixtures
+import pytest
+
+from dashjobs import always_fails, nothing
+from services import wait_for
+from test_rq import rq_app, rq_redis_url, rq_setup, workers  # noqa: F401 - fixtures
+from test_web import (JOB_TIMEOUT, WebRoot, gate, occupy_worker, queue_of,  # noqa: F401
+                      web_app)
 
 from tgext.asyncjob import webcsrf
+from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
 
 def state_of(app, jobid):
@@ -134,3 +141,159 @@ def test_cancel_from_the_detail_page(web_app, gate):
     assert result == {"id": first, "action": "cancel", "outcome": "cancel_requested",
                       "ok": True}
     gate.set()
+
+
+# ------------------------------------------------------------ the dashboard, each backend
+
+def post_form(app, page, action, jobid, status=303):
+    """Submit the ``action`` button of ``jobid`` on ``page`` as a browser would."""
+    form = button(page, action, jobid)
+    assert form is not None, "no %s button for %s" % (action, jobid)
+    fields = {f["name"]: f["value"] for f in form.select("input")}
+    return app.post(form["action"], fields, headers={"Origin": "http://localhost"},
+                    status=status)
+
+
+def rows(page):
+    return {row["data-job"]: row["data-state"]
+            for row in page.html.select("table.asyncjob-jobs tbody tr")}
+
+
+def counts(page):
+    return {link["data-count-state"]: int(link.select_one(".asyncjob-count").text)
+            for link in page.html.select("[data-count-state]")}
+
+
+def wait_state(app, jobid, state):
+    return wait_for(lambda: state_of(app, jobid) == state, JOB_TIMEOUT,
+                    message=lambda: "%s is %s, not %s" % (jobid, state_of(app, jobid), state))
+
+
+@pytest.fixture(params=["threads-memory", "threads-redis", "sqlalchemy-postgresql", "rq"])
+def dashboard_app(request, make_app, sqlite_db_url):
+    """A plugged app whose jobs pages are open, on each backend whose tracker lists."""
+    access = {"jobs_access": True, "show_tracebacks": True, "show_arguments": True}
+    kind = request.param
+    if kind == "threads-memory":
+        return make_app(sqlite_db_url, plug_options=access)
+    if kind == "threads-redis":
+        request.getfixturevalue("redis_client")
+        tracker = RedisProgressTracker(url=request.getfixturevalue("redis_url"))
+        return make_app(sqlite_db_url, plug_options=dict(access, progress_tracker=tracker))
+    if kind == "sqlalchemy-postgresql":
+        return make_app(request.getfixturevalue("postgres_db_url"),
+                        plug_options=dict(access, backend="sqlalchemy"))
+    request.getfixturevalue("workers")()
+    return request.getfixturevalue("rq_app")(**access)
+
+
+def test_the_dashboard_on_every_listing_backend(dashboard_app):
+    """List, count, filter, cancel a queued job, retry a failed one (linked both
+    ways), delete a finished one: the same pages and clicks on every backend."""
+    app = dashboard_app
+    q = queue_of(app)
+    failed = q.perform(always_fails, ("q3",))
+    wait_state(app, failed, "failed")
+    queued = q.perform(nothing, (1,), {"two": 2}, delay=3600)  # queued for an hour
+
+    page = app.get("/asyncjob/jobs")
+    assert rows(page) == {queued: "queued", failed: "failed"}
+    assert counts(page) == {"all": 2, "queued": 1, "running": 0, "succeeded": 0,
+                            "failed": 1, "cancelled": 0}
+    assert set(rows(app.get("/asyncjob/jobs", {"state": "failed"}))) == {failed}
+    name = q.get_status(queued).name
+    assert set(rows(app.get("/asyncjob/jobs", {"name": name}))) == {queued}
+    assert rows(app.get("/asyncjob/jobs", {"name": name, "state": "failed"})) == {}
+
+    # Cancel the queued job from the list: back to the list, which says so.
+    response = post_form(app, page, "cancel", queued)
+    assert where(response)[0] == "/asyncjob/jobs"
+    page = response.follow()
+    assert rows(page)[queued] == "cancelled"
+    assert "cancelled" in page.html.select_one(".asyncjob-notice").text
+
+    # Retry the failed one: a new job, the same callable and arguments, linked both ways.
+    response = post_form(app, page, "retry", failed)
+    new = where(response)[1]["new"]
+    wait_state(app, new, "failed")
+    assert q.get_status(new).retry_of == failed
+    assert q.get_status(failed).retried_as == new
+    assert q.get_status(new).args in (["q3"], ("q3",))
+    detail = app.get("/asyncjob/job/%s" % new)
+    assert detail.html.select_one('[data-field="Retry of"] a')["href"] == \
+        "/asyncjob/job/%s" % failed
+    assert "q3" in detail.html.select_one('[data-field="Arguments"]').text
+    old = app.get("/asyncjob/job/%s" % failed)
+    assert old.html.select_one('[data-field="Retried as"] a')["href"] == \
+        "/asyncjob/job/%s" % new
+    assert button(old, "retry", failed) is None  # retried once already
+
+    # Delete the cancelled job from its page: back to the list, the job gone.
+    detail = app.get("/asyncjob/job/%s" % queued)
+    response = post_form(app, detail, "delete", queued)
+    assert where(response) == ("/asyncjob/jobs", {"notice": "deleted", "job": queued})
+    assert queued not in rows(response.follow())
+    app.get("/asyncjob/job/%s" % queued, status=404)
+    assert counts(app.get("/asyncjob/jobs"))["all"] == 2
+
+
+# ------------------------------------------------------------ pages beyond 500 jobs
+
+MANY = 523  # more than the 500 a page may show, and not a multiple of the page sizes
+
+
+def page_through(app, limit):
+    """Follow the "Older" links from the first page; every page's job ids, in order."""
+    pages = []
+    url = "/asyncjob/jobs?limit=%d" % limit
+    while url:
+        page = app.get(url)
+        pages.append([row["data-job"] for row in page.html.select("tbody tr")])
+        older = page.html.select_one('a[rel="next"]')
+        url = older["href"] if older is not None else None
+    return pages
+
+
+def check_pages(app, ids):
+    """``ids`` (oldest first) read back newest first, on pages of 500 and of 50."""
+    newest_first = list(reversed(ids))
+    pages = page_through(app, 500)
+    assert [len(p) for p in pages] == [500, MANY - 500]
+    assert sum(pages, []) == newest_first
+    pages = page_through(app, 50)
+    assert len(pages) == MANY // 50 + 1
+    assert sum(pages, []) == newest_first
+    # The last page links back; JSON pages say where the next one starts.
+    last = app.get("/asyncjob/jobs", {"offset": 500, "limit": 50})
+    assert last.html.select_one('a[rel="prev"]')["href"] == "/asyncjob/jobs?offset=450"
+    assert "Jobs 501" in last.html.select_one(".asyncjob-range").text
+    listing = app.get("/asyncjob/jobs.json", {"offset": 450, "limit": 50}).json
+    assert [job["id"] for job in listing["jobs"]] == newest_first[450:500]
+    assert listing["next_offset"] == 500
+    assert app.get("/asyncjob/jobs.json", {"offset": 500}).json["next_offset"] is None
+
+
+def test_pages_beyond_500_jobs_on_the_memory_tracker(web_app):
+    app = web_app(debug=True)
+    q = queue_of(app)
+    ids = [q.perform(nothing, (n,)) for n in range(MANY)]
+    for jobid in ids:
+        q.wait(jobid, JOB_TIMEOUT)
+    check_pages(app, ids)
+    assert counts(app.get("/asyncjob/jobs"))["succeeded"] == MANY
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_pages_beyond_500_jobs_on_the_sqlalchemy_store(make_app, request, database):
+    url = request.getfixturevalue({"sqlite": "sqlite_db_url",
+                                   "postgresql": "postgres_db_url"}[database])
+    # No worker in this process: the jobs stay queued rows, listed from the table.
+    app = make_app(url, root=WebRoot, extra_config={
+        "debug": True, "asyncjob.backend": "sqlalchemy",
+        "asyncjob.backend.in_process": "false"})
+    q = queue_of(app)
+    ids = [q.perform(nothing, (n,)) for n in range(MANY)]
+    check_pages(app, ids)
+    page = app.get("/asyncjob/jobs", {"state": "queued", "offset": 520})
+    assert len(rows(page)) == MANY - 520
+    assert counts(page)["queued"] == MANY

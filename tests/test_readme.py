@@ -154,7 +154,33 @@ def test_jobs_access_block():
     assert callable(base_config.get_blueprint_value('asyncjob.jobs_access'))
 
 
-HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
+def test_dashboard_script_block(make_app, sqlite_db_url):
+    """The script cancels a queued job through a real HTTP server, cookie and token."""
+    import threading
+    from tgext.asyncjob.demo.server import make_demo_server, serve_in_thread
+
+    ns = run(block_with('def cancel_job'))
+    app = make_app(sqlite_db_url, extra_config={'debug': True})
+    queue = app.app_globals.asyncjob_queue
+    gate, started = threading.Event(), threading.Event()
+    blocker = queue.perform(lambda: (started.set(), gate.wait(10)))
+    assert started.wait(10)
+    victim = queue.perform(int)  # queued behind the blocker: the only worker is busy
+    server = make_demo_server(app.app, '127.0.0.1', 0, quiet=True)
+    thread = serve_in_thread(server)
+    try:
+        answer = ns['cancel_job']('http://127.0.0.1:%d' % server.server_address[1], victim)
+    finally:
+        gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert answer == {'id': victim, 'action': 'cancel', 'outcome': 'cancelled', 'ok': True}
+    assert queue.get_status(victim).state.value == 'cancelled'
+    wait_finished(queue, blocker)
+
+
+HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportController', 'progress_snippet(jobid)',
             "'asyncjob.jobs_access'",
 "plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
             'RedisProgressTracker())', 'def background_task', 'def controller_method',

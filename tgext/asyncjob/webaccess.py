@@ -16,8 +16,7 @@ from . import settings
 
 log = logging.getLogger('tgext.asyncjob')
 
-__all__ = ['check_access_rules', 'tracebacks_allowed', 'jobs_page_allowed',
-           'arguments_allowed']
+__all__ = ['check_access_rules', 'tracebacks_allowed', 'jobs_page_allowed']
 
 
 _ACCESS_SETTINGS = ('show_tracebacks', 'jobs_access')
@@ -71,10 +70,3 @@ def tracebacks_allowed() -> bool:
 def jobs_page_allowed() -> bool:
     """True when this request may list jobs (``asyncjob.jobs_access``)."""
     return _allowed(tg.config, 'jobs_access')
-
-
-def arguments_allowed() -> bool:
-    """True when this request may see a job's arguments and result on its detail page.
-    The rule of tracebacks (``asyncjob.show_tracebacks``): arguments hold what error
-    messages do (ids, addresses, data of the user)."""
-    return tracebacks_allowed()

@@ -28,7 +28,7 @@ FILTER_STATES = ('queued', 'running', 'succeeded', 'failed', 'cancelled')
 #: Action -> (button text, the states of jobs it is offered for).
 ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     'cancel': ('Cancel', frozenset({'queued', 'running'})),
-    'retry': ('Retry', frozenset({'failed'})),
+    'retry': ('Retry', frozenset({'failed', 'cancelled'})),
     'delete': ('Delete', frozenset({'succeeded', 'failed', 'cancelled'})),
 }
 
@@ -39,15 +39,17 @@ NOTICES = {
     'cancel_requested': 'Job {job} was asked to stop: it ends when it next checks.',
     'not_cancelled': 'Job {job} was not cancelled: it had already finished.',
     'retried': 'Job {job} queued again as {new}.',
-    'not_retried': 'Job {job} was not retried: only failed jobs can be.',
+    'not_retried': 'Job {job} was not retried: only failed or cancelled jobs can be, once.',
     'deleted': 'Job {job} deleted.',
     'not_deleted': 'Job {job} was not deleted: only finished jobs can be.',
 }
 
 
-def actions_for(state: str) -> list[str]:
-    """The actions offered for a job in ``state``."""
-    return [name for name, (_, states) in ACTIONS.items() if state in states]
+def actions_for(status: JobStatus) -> list[str]:
+    """The actions offered for a job: by its state, and retry only once."""
+    state = status.state.value
+    return [name for name, (_, states) in ACTIONS.items() if state in states
+            and not (name == 'retry' and status.retried_as)]
 
 
 def _button(base: str, action: str, jobid: str, token: str, back: str) -> Markup:
@@ -67,7 +69,7 @@ def buttons(base: str, status: JobStatus, token: str | None, back: str) -> Marku
     if token is None:
         return Markup('')
     return Markup('').join(_button(base, action, status.id, token, back)
-                           for action in actions_for(status.state.value))
+                           for action in actions_for(status))
 
 
 def notice_html(code: str, jobid: str, new: str, base: str) -> Markup:
