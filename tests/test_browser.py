@@ -415,6 +415,13 @@ def test_dashboard_cancels_and_retries_with_a_click(demo, browser, gate):
     assert "cancelled" in browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice").text
     assert demo.queue.get_status(queued).state.value == "cancelled"
 
+    # A running job is asked to stop; it ends once it checks (this one: when let go).
+    _click_action(browser, running, "cancel")
+    assert "asked to stop" in browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice").text
+    assert demo.queue.get_status(running).state.value == "running"
+    gate.set()
+    assert demo.queue.wait(running, JOB_TIMEOUT).finished
+
     _click_action(browser, failed, "retry")
     notice = browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice")
     assert "queued again as" in notice.text
@@ -427,11 +434,6 @@ def test_dashboard_cancels_and_retries_with_a_click(demo, browser, gate):
     assert _row_state(browser, retried) == "failed"
     assert _count(browser, "failed") == 2
 
-    # A running job is asked to stop; it ends once it checks (this one: when let go).
-    _click_action(browser, running, "cancel")
-    assert "asked to stop" in browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice").text
-    gate.set()
-    demo.queue.wait(running, JOB_TIMEOUT)
 
     # The detail page of the retry links back to the job it copied, and the copied
     # one to its retry.

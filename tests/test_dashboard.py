@@ -183,6 +183,7 @@ def dashboard_app(request, make_app, sqlite_db_url):
     if kind == "sqlalchemy-postgresql":
         return make_app(request.getfixturevalue("postgres_db_url"),
                         plug_options=dict(access, backend="sqlalchemy"))
+    request.getfixturevalue("redis_client")  # flushed: the tracker's records of other tests
     request.getfixturevalue("workers")()
     return request.getfixturevalue("rq_app")(**access)
 
@@ -297,3 +298,93 @@ def test_pages_beyond_500_jobs_on_the_sqlalchemy_store(make_app, request, databa
     page = app.get("/asyncjob/jobs", {"state": "queued", "offset": 520})
     assert len(rows(page)) == MANY - 520
     assert counts(page)["queued"] == MANY
+
+
+# ------------------------------------------------------------ what the pages show, and refuse
+
+def test_arguments_are_shown_only_where_allowed(web_app, gate):
+    secret = {"card": "4111 1111 1111 1111"}
+    app = web_app(**{"asyncjob.jobs_access": True})  # not debug: no arguments rule set
+    jobid = queue_of(app).perform(nothing, ("alice",), secret)
+    queue_of(app).wait(jobid, JOB_TIMEOUT)
+    for url in ("/asyncjob/job/%s" % jobid, "/asyncjob/job/%s.json" % jobid,
+                "/asyncjob/status/%s.json" % jobid, "/asyncjob/jobs", "/asyncjob/jobs.json"):
+        text = app.get(url).text
+        assert "4111" not in text and "alice" not in text, url
+    assert app.get("/asyncjob/job/%s" % jobid).html.select_one(
+        '[data-field="Arguments"] dd').text == "hidden"
+    app.config["asyncjob.show_arguments"] = True
+    page = app.get("/asyncjob/job/%s" % jobid)
+    assert "4111" in page.html.select_one('[data-field="Arguments"]').text
+    assert app.get("/asyncjob/job/%s.json" % jobid).json["kwargs"] == secret
+    # The status JSON is open to anyone holding the id: never the arguments there.
+    assert "args" not in app.get("/asyncjob/status/%s.json" % jobid).json
+
+
+def test_notices_and_redirects_take_nothing_from_the_request(web_app, gate):
+    app = web_app(debug=True)
+    occupy_worker(app, gate)
+    victim = queue_of(app).perform(nothing)
+    page = app.get("/asyncjob/jobs", {"notice": "<b>hacked</b>", "job": victim})
+    assert page.html.select_one(".asyncjob-notice") is None
+    page = app.get("/asyncjob/jobs", {"notice": "deleted", "job": "<b>x</b>"})
+    assert page.html.select_one(".asyncjob-notice") is None
+    token = json_token(app, victim)
+    for target in ("http://evil.example/asyncjob/jobs", "//evil.example/asyncjob/jobs",
+                   "/elsewhere", "/asyncjob/job/../../x", "/asyncjob/jobs/../x",
+                   "/asyncjob/job/%s/../../../x" % victim):
+        response = app.post("/asyncjob/cancel/%s" % victim, {"_csrf": token, "next": target},
+                            status=303)
+        assert where(response)[0] == "/asyncjob/job/%s" % victim, target
+        assert "evil" not in response.headers["Location"]
+    # The list it came from, filters kept: back there.
+    response = app.post("/asyncjob/cancel/%s" % victim,
+                        {"_csrf": token, "next": "/asyncjob/jobs?state=queued&offset=50"})
+    assert where(response) == ("/asyncjob/jobs", {"state": "queued", "offset": "50",
+                                                  "notice": "not_cancelled", "job": victim})
+
+
+def test_actions_on_jobs_not_in_a_state_for_them(web_app, gate):
+    app = web_app(debug=True)
+    running = occupy_worker(app, gate)
+    done = queue_of(app).perform(nothing)
+    token = json_token(app, running)
+    post = lambda action, jobid, status: app.post(  # noqa: E731
+        "/asyncjob/%s/%s.json" % (action, jobid), headers={webcsrf.HEADER: token},
+        status=status).json
+    assert post("delete", running, 409)["outcome"] == "not_deleted"
+    assert post("retry", running, 409)["outcome"] == "not_retried"
+    gate.set()
+    queue_of(app).wait(done, JOB_TIMEOUT)
+    assert post("cancel", done, 409)["outcome"] == "not_cancelled"
+    assert post("retry", done, 409)["outcome"] == "not_retried"  # it succeeded
+    assert post("delete", done, 200)["outcome"] == "deleted"
+    app.post("/asyncjob/delete/%s.json" % done, headers={webcsrf.HEADER: token}, status=404)
+    app.post("/asyncjob/delete/not-a-job", headers={webcsrf.HEADER: token}, status=404)
+    # A lambda has no import path: it cannot be queued again from its record.
+    lost = queue_of(app).perform(lambda: 1 / 0)
+    queue_of(app).wait(lost, JOB_TIMEOUT)
+    answer = app.post("/asyncjob/retry/%s.json" % lost, headers={webcsrf.HEADER: token},
+                      status=409).json
+    assert "cannot be retried" in answer["error"]
+
+
+def test_bad_listing_parameters_are_400(web_app):
+    app = web_app(debug=True)
+    for params in ({"state": "sleeping"}, {"offset": "-1"}, {"offset": "x"},
+                   {"limit": "0"}, {"name": "x" * 301}):
+        page = app.get("/asyncjob/jobs", params, status=400)
+        assert page.html.select_one(".asyncjob-error").text, params
+    assert app.get("/asyncjob/jobs.json", {"limit": "9999"}).json["limit"] == 500
+
+
+def test_a_tracker_that_cannot_list_is_501(web_app):
+    from test_web import LegacyTracker
+    app = web_app(debug=True, plug_options={"progress_tracker": LegacyTracker()})
+    app.get("/asyncjob/jobs", status=501)
+    jobid = queue_of(app).perform(nothing)
+    token = json_token(app, jobid)
+    wait_for(lambda: not queue_of(app).tracker.entries, JOB_TIMEOUT)
+    answer = app.post("/asyncjob/delete/%s.json" % jobid, headers={webcsrf.HEADER: token},
+                      status=501).json
+    assert "cannot" in answer["error"]

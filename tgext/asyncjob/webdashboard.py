@@ -250,7 +250,7 @@ def detail(base: str, status: JobStatus, details: bool, show_arguments: bool,
             key=key, value=value) for key, value in rows if value)
     traceback = Markup('')
     if error is not None and error.get('traceback'):
-        traceback = Markup('<details class="asyncjob-traceback" open><summary>Traceback'
+        traceback = Markup('<details class="asyncjob-traceback"><summary>Traceback'
                            '</summary><pre>{}</pre></details>\n').format(error['traceback'])
     return Markup(
         '{notice}<dl class="asyncjob-detail">{items}</dl>\n{traceback}'

@@ -162,10 +162,12 @@ def _back(base: str, given: Any, jobid: str, outcome: str) -> tuple[str, str]:
     ``given`` is one (a path of ours, never another site), else the job's page; the
     list once the job is deleted."""
     parts = urllib.parse.urlsplit(str(given or ''))
-    ours = (not parts.scheme and not parts.netloc and not parts.path.startswith('//')
-            and (parts.path == f'{base}/jobs' or parts.path.startswith(f'{base}/job/')))
+    page = parts.path[len(base):] if parts.path.startswith(base) else ''
+    # Exactly the list or a job's page: nothing a browser would resolve elsewhere.
+    ours = (not parts.scheme and not parts.netloc
+            and (page == '/jobs' or (page.startswith('/job/') and is_job_id(page[5:]))))
     path, query = (parts.path, parts.query) if ours else (f'{base}/job/{jobid}', '')
-    if outcome == 'deleted' and path.startswith(f'{base}/job/'):
+    if outcome == 'deleted' and path != f'{base}/jobs':
         path, query = f'{base}/jobs', ''
     return path, query
 
@@ -234,7 +236,8 @@ class JobsPages:
             return respond(jsonsafe.dumps(body), 'application/json')
         page = detail(base, status, details, arguments, token, f'{base}/job/{jobid}',
                       _notice(base, params))
-        return respond(str(PAGE.format(title='Job', base=base, nav='', body=page)),
+        title = f'Job {jobid[:12]}'
+        return respond(str(PAGE.format(title=title, base=base, nav='', body=page)),
                        'text/html')
 
     def _act(self, action: str, jobid: str, rest: tuple[str, ...],
@@ -259,6 +262,8 @@ class JobsPages:
                 outcome, extra = _ACTIONS[action](jobid, status)
             except JobNotFound:
                 raise _gone() from None
+            except NotImplementedError as exc:  # OperationUnsupported: a 0.3-style tracker
+                raise _Refused(501, str(exc)) from None
             except (TrackerUnavailable, NoWorkerError) as exc:
                 raise _Refused(503, f'The job could not be reached: {exc}') from None
         except _Refused as refused:
