@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from . import jsonsafe
 from .job import JobState, JobStatus
+from .trackers.base import STATES
 from .webcsrf import FIELD
 from .webview import (STATE_TEXT, breakable, error_body, error_text, message_of, percent_of,
                       time_text, took_text)
@@ -23,7 +24,7 @@ __all__ = ['ACTIONS', 'FILTER_STATES', 'Listing', 'actions_for', 'dashboard', 'd
            'NOTICES', 'notice_html']
 
 #: The states a listing can be filtered by, in the order the counts bar shows them.
-FILTER_STATES = ('queued', 'running', 'succeeded', 'failed', 'cancelled')
+FILTER_STATES = STATES
 
 #: Action -> (button text, the states of jobs it is offered for).
 ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
