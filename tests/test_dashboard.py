@@ -388,3 +388,17 @@ def test_a_tracker_that_cannot_list_is_501(web_app):
     answer = app.post("/asyncjob/delete/%s.json" % jobid, headers={webcsrf.HEADER: token},
                       status=501).json
     assert "cannot" in answer["error"]
+
+
+def test_a_tracker_outage_is_503_on_every_dashboard_url(web_app, redis_server):
+    tracker = RedisProgressTracker(url=redis_server.url, socket_timeout=2)
+    app = web_app(debug=True, plug_options={"progress_tracker": tracker})
+    jobid = queue_of(app).perform(nothing)
+    queue_of(app).wait(jobid, JOB_TIMEOUT)
+    token = json_token(app, jobid)
+    redis_server.stop()
+    app.get("/asyncjob/jobs", status=503)
+    app.get("/asyncjob/jobs.json", status=503)
+    app.get("/asyncjob/job/%s" % jobid, status=503)
+    for action in ("cancel", "retry", "delete"):
+        app.post("/asyncjob/%s/%s" % (action, jobid), {"_csrf": token}, status=503)

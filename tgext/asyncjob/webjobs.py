@@ -4,7 +4,7 @@
 * ``jobs`` (``jobs.json``): jobs newest first, filtered by ``state`` and ``name`` (the
   callable), ``offset``/``limit`` pages, counts per state;
 * ``job/<id>`` (``job/<id>.json``): one job in full, arguments only where
-  ``asyncjob.show_tracebacks`` allows;
+  ``asyncjob.show_arguments`` allows;
 * ``cancel/<id>``, ``retry/<id>``, ``delete/<id>`` (and ``.json``): POST only (else
   405), CSRF-checked (:mod:`.webcsrf`), then 303 back to the page they came from with a
   notice, or, as JSON, the outcome.
@@ -28,7 +28,7 @@ from .errors import (JobNotFound, JobStateError, NoWorkerError, NotRetryable,
                      TrackerUnavailable)
 from .job import JobState, JobStatus, is_job_id
 from .webaccess import arguments_allowed, jobs_page_allowed, tracebacks_allowed
-from .webdashboard import FILTER_STATES, Listing, dashboard, detail, notice_html
+from .webdashboard import Listing, dashboard, detail, notice_html
 from .webhttp import mount_url, not_found, respond, strip_json
 from .webview import PAGE, status_body
 
@@ -64,8 +64,8 @@ def _error(base: str, code: int, message: str, title: str = 'Jobs') -> bytes:
 
 def _allowed() -> None:
     if not jobs_page_allowed():
-        raise _Refused(403, 'Listing jobs is not allowed here. Set asyncjob.jobs_access '
-                            'to allow it.')
+        raise _Refused(403, 'The jobs pages are not open here. Set asyncjob.jobs_access '
+                            'to open them.')
 
 
 def _count(value: Any, name: str, default: int, minimum: int) -> int:
@@ -81,9 +81,7 @@ def _count(value: Any, name: str, default: int, minimum: int) -> int:
 
 
 def _filters(params: dict[str, Any]) -> tuple[str | None, str | None, int, int]:
-    state = params.get('state') or None
-    if state is not None and state not in FILTER_STATES:
-        raise _Refused(400, f'state must be one of {", ".join(FILTER_STATES)}, got {state!r}')
+    state = str(params.get('state') or '') or None  # checked by asyncjob_jobs()
     name = str(params.get('name') or '').strip() or None
     if name is not None and len(name) > _NAME_MAX:
         raise _Refused(400, f'name is longer than {_NAME_MAX} characters')
@@ -106,10 +104,12 @@ def _listing(state: str | None, name: str | None, offset: int, limit: int) -> Li
         # One more than shown: whether there is an older page, without a count.
         jobs = asyncjob_jobs(state=state, name=name, offset=offset, limit=limit + 1)
         counts = asyncjob_counts()
-    except NotImplementedError as exc:
+    except NotImplementedError as exc:  # OperationUnsupported: a 0.3-style tracker
         raise _Refused(501, str(exc)) from None
     except (TrackerUnavailable, NoWorkerError) as exc:
         raise _unavailable(exc) from None
+    except ValueError as exc:  # an unknown state
+        raise _Refused(400, str(exc)) from None
     return Listing(jobs[:limit], counts, state, name, offset, limit, len(jobs) > limit)
 
 
@@ -127,10 +127,12 @@ def _notice(base: str, params: dict[str, Any]) -> Markup:
 # -- actions ----------------------------------------------------------------------------
 
 def _cancel(jobid: str, status: JobStatus) -> tuple[str, dict[str, Any]]:
-    from . import asyncjob_cancel
+    from . import asyncjob_cancel, asyncjob_get_status
     if not asyncjob_cancel(jobid):
         return 'not_cancelled', {}
-    return ('cancel_requested' if status.state is JobState.RUNNING else 'cancelled'), {}
+    # Read again: the job may have started between the page's read and the cancel.
+    running = asyncjob_get_status(jobid).state is JobState.RUNNING
+    return ('cancel_requested' if running else 'cancelled'), {}
 
 
 def _retry(jobid: str, status: JobStatus) -> tuple[str, dict[str, Any]]:
