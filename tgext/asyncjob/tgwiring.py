@@ -99,8 +99,22 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
     values = settings.resolve(conf, {}, options)
-    return _start(app_globals, progress_tracker, conf, hooks,
-                  settings.backend_options(conf, None, backend_options), values)
+    q = _start(app_globals, progress_tracker, conf, hooks,
+               settings.backend_options(conf, None, backend_options), values)
+    if conf is not None:  # an application's queue; a bare script declares no schedule
+        _start_periodic(q, conf, (), values)
+    return q
+
+
+def _start_periodic(q: JobQueue, conf: Mapping[str, Any], plugged: Any,
+                    values: dict[str, Any]) -> None:
+    if _OPERATING_ONLY:
+        log.info('tgext.asyncjob: %s: no worker threads or periodic jobs in this process',
+                 _OPERATING_ONLY[-1])
+        return
+    from . import periodic
+    periodic.start(q, conf, plugged, tz=values['periodic_tz'],
+                   catchup=values['periodic_catchup'])
 
 
 def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
@@ -112,7 +126,7 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    tracker = startup.make_tracker(tracker)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
@@ -159,13 +173,7 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
             given.asyncjob_queue = q
         from .web import mount_from_config
         mount_from_config(conf)
-        if _OPERATING_ONLY:
-            log.info('tgext.asyncjob: %s: no worker threads or periodic jobs in this '
-                     'process', _OPERATING_ONLY[-1])
-            return
-        from . import periodic
-        periodic.start(q, conf, options.get('periodic', ()), tz=values['periodic_tz'],
-                       catchup=values['periodic_catchup'])
+        _start_periodic(q, conf, options.get('periodic', ()), values)
 
 
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
