@@ -710,3 +710,14 @@ def test_the_redis_tracker_keeps_only_json_arguments(request, started):
     assert q.get_status(jobid).args is None
     with pytest.raises(NotRetryable, match='no arguments'):
         operations.retry_job(q, jobid)
+
+
+def test_listing_through_the_queue_pages_beyond_the_latest_500(ops_queue):
+    q = ops_queue
+    if not q.store.supports_listing:
+        return
+    ids = [q.perform(twice, (n,), delay=3600) for n in range(530)]  # all stay queued
+    page = operations.list_jobs(q, 'queued', offset=500, limit=50)
+    # Newest first; ids queued within one clock tick may tie on enqueue time.
+    assert {s.id for s in page} == set(ids[:30])
+    assert operations.count_jobs(q)['queued'] == 530

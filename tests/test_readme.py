@@ -186,7 +186,7 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportCo
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker', '@asyncjob_periodic(']
+            'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)']
 
 
 def test_periodic_block(monkeypatch):
@@ -196,3 +196,17 @@ def test_periodic_block(monkeypatch):
     assert periodic.DECLARED == {'readme_periodic:refresh_feeds': (
         '*/5 * * * *', 'readme_periodic:refresh_feeds')}
     assert ns['refresh_feeds']() == 'refreshed'
+
+
+def test_operations_block(queue, capfd, monkeypatch):
+    # A module of its own, so that the retry imports send_invoice by its path.
+    import sys
+    import types
+    module = types.ModuleType('readme_operations')
+    monkeypatch.setitem(sys.modules, 'readme_operations', module)
+    exec(compile(block_with('asyncjob_retry(failed.id)'), str(README), 'exec'), module.__dict__)
+    out = capfd.readouterr().out
+    assert "readme_operations.send_invoice (7,) invoice 7: the mail server refused it" in out
+    assert "'failed': 1" in out
+    assert queue.get_status(module.failed.id).state.value == 'not_found'  # deleted
+    assert queue.get_status(module.copy).retry_of == module.failed.id

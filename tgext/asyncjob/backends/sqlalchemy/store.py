@@ -212,5 +212,7 @@ class SQLJobStore:
     def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
         """Write link columns on the job's row, whatever its state."""
         check_annotations(fields)
-        with self.backend.engines.writing() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == entryid).values(fields))
+        # In the request's transaction when there is one, as the INSERT of the retry
+        # it links to (SQLite: a connection of its own would wait for that one's lock).
+        self.backend.write_with_request(
+            update(jobs).where(jobs.c.id == entryid).values(fields), {}, f'job {entryid} links')
