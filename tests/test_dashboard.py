@@ -402,3 +402,14 @@ def test_a_tracker_outage_is_503_on_every_dashboard_url(web_app, redis_server):
     app.get("/asyncjob/job/%s" % jobid, status=503)
     for action in ("cancel", "retry", "delete"):
         app.post("/asyncjob/%s/%s" % (action, jobid), {"_csrf": token}, status=503)
+
+
+def test_the_csrf_cookie_is_private_to_the_mount_point(web_app):
+    app = web_app(debug=True)
+    cookie = app.get("/asyncjob/jobs").headers["Set-Cookie"]
+    assert cookie.startswith(webcsrf.COOKIE + "=")
+    for part in ("HttpOnly", "SameSite=Strict", "Path=/asyncjob"):
+        assert part.lower() in cookie.lower(), cookie
+    assert "Set-Cookie" not in app.get("/asyncjob/jobs").headers  # kept, not renewed
+    assert "secure" in app.get("/asyncjob/jobs", extra_environ={
+        "wsgi.url_scheme": "https", "HTTP_COOKIE": ""}).headers["Set-Cookie"].lower()
