@@ -242,7 +242,33 @@ def test_jobs_access_block():
     assert callable(base_config.get_blueprint_value('asyncjob.jobs_access'))
 
 
-HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
+def test_dashboard_script_block(make_app, sqlite_db_url):
+    """The script cancels a queued job through a real HTTP server, cookie and token."""
+    import threading
+    from tgext.asyncjob.demo.server import make_demo_server, serve_in_thread
+
+    ns = run(block_with('def cancel_job'))
+    app = make_app(sqlite_db_url, extra_config={'debug': True})
+    queue = app.app_globals.asyncjob_queue
+    gate, started = threading.Event(), threading.Event()
+    blocker = queue.perform(lambda: (started.set(), gate.wait(10)))
+    assert started.wait(10)
+    victim = queue.perform(int)  # queued behind the blocker: the only worker is busy
+    server = make_demo_server(app.app, '127.0.0.1', 0, quiet=True)
+    thread = serve_in_thread(server)
+    try:
+        answer = ns['cancel_job']('http://127.0.0.1:%d' % server.server_address[1], victim)
+    finally:
+        gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert answer == {'id': victim, 'action': 'cancel', 'outcome': 'cancelled', 'ok': True}
+    assert queue.get_status(victim).state.value == 'cancelled'
+    wait_finished(queue, blocker)
+
+
+HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportController', 'progress_snippet(jobid)',
             'class QuickstartController', 'hooks=[PrometheusHook()])',
             'hooks=[OpenTelemetryHook()])', 'target_metadata = [model.metadata, asyncjob_metadata]',
             "'asyncjob.jobs_access'",
@@ -250,7 +276,7 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progre
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker', '@asyncjob_periodic(']
+            'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)']
 
 
 def test_periodic_block(monkeypatch):
@@ -260,3 +286,17 @@ def test_periodic_block(monkeypatch):
     assert periodic.DECLARED == {'readme_periodic:refresh_feeds': (
         '*/5 * * * *', 'readme_periodic:refresh_feeds')}
     assert ns['refresh_feeds']() == 'refreshed'
+
+
+def test_operations_block(queue, capfd, monkeypatch):
+    # A module of its own, so that the retry imports send_invoice by its path.
+    import sys
+    import types
+    module = types.ModuleType('readme_operations')
+    monkeypatch.setitem(sys.modules, 'readme_operations', module)
+    exec(compile(block_with('asyncjob_retry(failed.id)'), str(README), 'exec'), module.__dict__)
+    out = capfd.readouterr().out
+    assert "readme_operations.send_invoice (7,) invoice 7: the mail server refused it" in out
+    assert "'failed': 1" in out
+    assert queue.get_status(module.failed.id).state.value == 'not_found'  # deleted
+    assert queue.get_status(module.copy).retry_of == module.failed.id

@@ -8,10 +8,11 @@ Settings are defined in :mod:`.settings`, the queue is found again by :mod:`.loc
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import types
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfigurationAction
 
@@ -27,6 +28,24 @@ log = logging.getLogger('tgext.asyncjob')
 
 #: Where ``start_async_worker()`` keeps the queue when no application is configured.
 SCRIPT_GLOBALS = types.SimpleNamespace()
+
+#: Non-empty while a command operates on an application's jobs (``python -m
+#: tgext.asyncjob jobs``): its queue is built, to read and change job records, but runs
+#: nothing in that process (no worker threads, no periodic jobs). See :func:`operating_only`.
+_OPERATING_ONLY: list[str] = []
+
+
+@contextlib.contextmanager
+def operating_only(command: str) -> Iterator[None]:
+    """While active, applications that start build their queue without starting its
+    backend (its worker threads) or their periodic jobs: ``command`` operates on jobs,
+    it does not run them."""
+    _OPERATING_ONLY.append(command)
+    try:
+        yield
+    finally:
+        _OPERATING_ONLY.remove(command)
+
 
 #: ``plug()`` options that are not settings.
 PLUG_ONLY = ('app_globals', 'progress_tracker', 'hooks', 'backend_options', 'periodic')
@@ -89,6 +108,10 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
 
 def _start_periodic(q: JobQueue, conf: Mapping[str, Any], plugged: Any,
                     values: dict[str, Any]) -> None:
+    if _OPERATING_ONLY:
+        log.info('tgext.asyncjob: %s: no worker threads or periodic jobs in this process',
+                 _OPERATING_ONLY[-1])
+        return
     from . import periodic
     periodic.start(q, conf, plugged, tz=values['periodic_tz'],
                    catchup=values['periodic_catchup'])
@@ -109,7 +132,8 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
     app_globals.asyncjob_queue = q
     database.dispose_pools_in_child(q, conf)
     startup.check(q, conf)  # warnings only: a misfit deployment is said once, at start
-    q.backend.start()
+    if not _OPERATING_ONLY:
+        q.backend.start()
     locate.remember(q)
     log.info('tgext.asyncjob started: %s', startup.describe(q))
     return q
