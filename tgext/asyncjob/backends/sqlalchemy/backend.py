@@ -150,7 +150,9 @@ class SQLAlchemyBackend(Backend):
     def validate(self, job: Job) -> None:
         """The base checks, then ``TypeError`` unless a worker can import the callable
         and the arguments, retry policy and meta are JSON. The row is built here, once,
-        and inserted when the queue tracks the job (:meth:`insert`)."""
+        and inserted when the queue hands the job over (:meth:`enqueue`,
+        :meth:`schedule`), after the ``on_enqueued`` hooks: meta they add (a trace
+        context) is in the row."""
         super().validate(job)
         row = job_row(job, self.queue_name, codec.callable_path(job.func),
                       job.enqueued_at if job.eta is None else job.eta)
@@ -161,6 +163,16 @@ class SQLAlchemyBackend(Backend):
     def take_row(self, jobid: str) -> dict[str, Any] | None:
         """The row :meth:`validate` built for ``jobid`` (once)."""
         return self._rows.pop(jobid, None)
+
+    def insert_pending(self, job: Job) -> None:
+        """Insert the row :meth:`validate` built for ``job``, if it is not inserted yet,
+        with the meta the job has now (hooks may have added some since)."""
+        row = self.take_row(job.id)
+        if row is None:
+            return
+        if job.meta:
+            row['meta'] = codec.dumps(job.meta)  # TypeError: the caller is told
+        self.insert(row)
 
     def insert(self, row: dict[str, Any]) -> None:
         """Insert a job's row. Inside a transaction, through the application's session
@@ -187,11 +199,14 @@ class SQLAlchemyBackend(Backend):
                                f'stored in the database, nothing was queued: {exc}') from exc
 
     def enqueue(self, job: Job) -> None:
-        """Nothing to hand over: the row inserted when the job was tracked is the queue."""
+        """Insert the job's row: the row is the queue (and the job's record)."""
+        self.insert_pending(job)
 
     def schedule(self, job: Job, eta: float) -> None:
-        """Nothing to hold: a delayed job's row has its ``run_at``; a retry's was set by
-        the store's running → queued update. Wake the claim loop for a due retry."""
+        """Nothing to hold: a delayed job's row has its ``run_at`` (inserted here); a
+        retry's was set by the store's running → queued update. Wake the claim loop for
+        a due retry."""
+        self.insert_pending(job)
         self.requeued.discard(job.id)
         if eta <= time.time() + self.poll_interval:
             self.wake.set()
@@ -338,7 +353,11 @@ class SQLAlchemyBackend(Backend):
 
     def claim_immediate(self, jobid: str) -> None:
         """Immediate mode: the queue runs ``jobid`` now, in this process; claim its row
-        (so no worker takes it too) and hold the run for its compare-and-sets."""
+        (so no worker takes it too) and hold the run for its compare-and-sets. The
+        queue never hands such a job over: its row is inserted here, first."""
+        held = self.runtime.lifecycle.get(jobid)
+        if held is not None:
+            self.insert_pending(held)
         attempt = claim_by_id(self.engines, self.worker_id, jobid, time.time())
         if attempt is not None:
             self.runs[jobid] = Run(self._stand_in(jobid, None, JobState.RUNNING, attempt),
