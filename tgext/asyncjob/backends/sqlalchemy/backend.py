@@ -367,9 +367,9 @@ class SQLAlchemyBackend(Backend):
         """Rows claimed as the stop began, never started: queued again as they were."""
         with self.engines.writing() as conn:
             for row in rows:
-                conn.execute(transitions.of_run(row['id'], self.worker_id, row['attempt'])
-                             .values(state='queued', worker_id=None, started_at=None,
-                                     attempt=row['attempt'] - 1))
+                conn.execute(*transitions.of_run(row['id'], self.worker_id, row['attempt'], {
+                    'state': 'queued', 'worker_id': None, 'started_at': None,
+                    'attempt': row['attempt'] - 1}))
 
     def _claim(self, queues: list[str], limit: int) -> list[dict[str, Any]]:
         return claim(self.engines, self.worker_id, queues, time.time(), limit)
@@ -440,8 +440,8 @@ class SQLAlchemyBackend(Backend):
         if pending is not None:
             values.update(progress=pending['progress'], data=pending['data'])
         from zope.sqlalchemy import mark_changed
-        done = session.execute(transitions.of_run(jobid, self.worker_id, attempt)
-                               .values(values)).rowcount
+        done = session.execute(*transitions.of_run(jobid, self.worker_id, attempt,
+                                                   values)).rowcount
         mark_changed(session)
         if not done:
             raise LeaseLost(f'job {jobid} was taken from this worker while it ran (its '
