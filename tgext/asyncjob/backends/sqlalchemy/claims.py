@@ -53,7 +53,7 @@ def _running(worker_id: Any, now: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=32)
 def _claim_returning(queues: tuple[str, ...]) -> Update:
     """The one-statement claim of ``queues`` (parameters ``now``, ``limit``, ``worker``)."""
-    now = bindparam('claim_now', type_=Double())
+    now: Any = bindparam('claim_now', type_=Double())
     due = (due_jobs(queues, now, bindparam('claim_limit', type_=Integer()))
            .cte('due').prefix_with('MATERIALIZED', dialect='postgresql'))
     return (update(jobs)
