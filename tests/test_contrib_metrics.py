@@ -310,10 +310,6 @@ def row_meta(url, jobid):
         engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the sqlalchemy backend serialises job.meta into the row in validate() and inserts '
-    'it when the job is tracked, both before on_enqueued runs: the trace context the '
-    'hook adds never reaches the row (its meta column stays NULL)'))
 def test_through_the_sqlalchemy_backend_the_job_span_is_a_child_too(tracing, sqlite_db_url):
     """The job runs from its row, rebuilt by the claiming worker: the trace context
     must have been stored in the row's ``meta``."""

@@ -617,6 +617,29 @@ def test_perform_raises_a_clear_error_when_the_database_is_unreachable(make_app,
         queue_of(app).perform(noop)
 
 
+class AddsMeta:
+    """A hook adding meta when the job is queued, as the OpenTelemetry hook does."""
+
+    def on_enqueued(self, job):
+        job.meta['added'] = job.id
+
+
+@pytest.mark.parametrize('mode', ['due', 'delayed', 'immediate'])
+def test_meta_an_on_enqueued_hook_adds_is_stored_in_the_row(sqlite_db_url, mode):
+    import json
+    from tgext.asyncjob import JobQueue
+    q = JobQueue(backend='sqlalchemy', immediate=mode == 'immediate', hooks=[AddsMeta()],
+                 backend_options={'url': sqlite_db_url, 'in_process': False})
+    try:
+        jobid = q.perform(noop, delay=3600 if mode == 'delayed' else None)
+        [row] = job_rows(sqlite_db_url, id=jobid)
+    finally:
+        q.stop(WAIT)
+        q.backend.engines.dispose()
+    assert json.loads(row['meta']) == {'added': jobid}
+    assert row['state'] == ('succeeded' if mode == 'immediate' else 'queued')
+
+
 def test_immediate_mode_runs_the_job_at_once_and_records_it_in_the_table(make_app, url):
     app = make_app(url, root=JobsController, extra_config={
         'asyncjob.backend': 'sqlalchemy', 'asyncjob.immediate': 'true'})

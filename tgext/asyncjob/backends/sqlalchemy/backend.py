@@ -150,7 +150,9 @@ class SQLAlchemyBackend(Backend):
     def validate(self, job: Job) -> None:
         """The base checks, then ``TypeError`` unless a worker can import the callable
         and the arguments, retry policy and meta are JSON. The row is built here, once,
-        and inserted when the queue tracks the job (:meth:`insert`)."""
+        and inserted when the queue hands the job over (:meth:`enqueue`,
+        :meth:`schedule`), after the ``on_enqueued`` hooks: meta they add (a trace
+        context) is in the row."""
         super().validate(job)
         row = job_row(job, self.queue_name, codec.callable_path(job.func),
                       job.enqueued_at if job.eta is None else job.eta)
@@ -161,6 +163,20 @@ class SQLAlchemyBackend(Backend):
     def take_row(self, jobid: str) -> dict[str, Any] | None:
         """The row :meth:`validate` built for ``jobid`` (once)."""
         return self._rows.pop(jobid, None)
+
+    def pending_row(self, jobid: str) -> dict[str, Any] | None:
+        """The row :meth:`validate` built for ``jobid``, still to be inserted."""
+        return self._rows.get(jobid)
+
+    def insert_pending(self, job: Job) -> None:
+        """Insert the row :meth:`validate` built for ``job``, if it is not inserted yet,
+        with the meta the job has now (hooks may have added some since)."""
+        row = self.take_row(job.id)
+        if row is None:
+            return
+        if job.meta:
+            row['meta'] = codec.dumps(job.meta)  # TypeError: the caller is told
+        self.insert(row)
 
     def insert(self, row: dict[str, Any]) -> None:
         """Insert a job's row (see :meth:`write_with_request`). :class:`JobNotStored`
@@ -192,11 +208,14 @@ class SQLAlchemyBackend(Backend):
             self.wake.set()
 
     def enqueue(self, job: Job) -> None:
-        """Nothing to hand over: the row inserted when the job was tracked is the queue."""
+        """Insert the job's row: the row is the queue (and the job's record)."""
+        self.insert_pending(job)
 
     def schedule(self, job: Job, eta: float) -> None:
-        """Nothing to hold: a delayed job's row has its ``run_at``; a retry's was set by
-        the store's running → queued update. Wake the claim loop for a due retry."""
+        """Nothing to hold: a delayed job's row has its ``run_at`` (inserted here); a
+        retry's was set by the store's running → queued update. Wake the claim loop for
+        a due retry."""
+        self.insert_pending(job)
         self.requeued.discard(job.id)
         if eta <= time.time() + self.poll_interval:
             self.wake.set()
@@ -351,7 +370,11 @@ class SQLAlchemyBackend(Backend):
 
     def claim_immediate(self, jobid: str) -> None:
         """Immediate mode: the queue runs ``jobid`` now, in this process; claim its row
-        (so no worker takes it too) and hold the run for its compare-and-sets."""
+        (so no worker takes it too) and hold the run for its compare-and-sets. The
+        queue never hands such a job over: its row is inserted here, first."""
+        held = self.runtime.lifecycle.get(jobid)
+        if held is not None:
+            self.insert_pending(held)
         attempt = claim_by_id(self.engines, self.worker_id, jobid, time.time())
         if attempt is not None:
             self.runs[jobid] = Run(self._stand_in(jobid, None, JobState.RUNNING, attempt),
@@ -361,9 +384,9 @@ class SQLAlchemyBackend(Backend):
         """Rows claimed as the stop began, never started: queued again as they were."""
         with self.engines.writing() as conn:
             for row in rows:
-                conn.execute(transitions.of_run(row['id'], self.worker_id, row['attempt'])
-                             .values(state='queued', worker_id=None, started_at=None,
-                                     attempt=row['attempt'] - 1))
+                conn.execute(*transitions.of_run(row['id'], self.worker_id, row['attempt'], {
+                    'state': 'queued', 'worker_id': None, 'started_at': None,
+                    'attempt': row['attempt'] - 1}))
 
     def _claim(self, queues: list[str], limit: int) -> list[dict[str, Any]]:
         return claim(self.engines, self.worker_id, queues, time.time(), limit)
@@ -434,8 +457,8 @@ class SQLAlchemyBackend(Backend):
         if pending is not None:
             values.update(progress=pending['progress'], data=pending['data'])
         from zope.sqlalchemy import mark_changed
-        done = session.execute(transitions.of_run(jobid, self.worker_id, attempt)
-                               .values(values)).rowcount
+        done = session.execute(*transitions.of_run(jobid, self.worker_id, attempt,
+                                                   values)).rowcount
         mark_changed(session)
         if not done:
             raise LeaseLost(f'job {jobid} was taken from this worker while it ran (its '

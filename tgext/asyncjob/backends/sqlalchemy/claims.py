@@ -15,14 +15,16 @@ rows not yet locked: one claim then takes more rows than its limit. MySQL and
 MariaDB cannot ``UPDATE ... RETURNING`` nor update a table they select from in a
 subquery: there the locked rows are selected, then updated, in one transaction.
 Either way the UPDATE also requires ``state = 'queued'``, a compare-and-set: a job
-cancelled meanwhile is never taken.
+cancelled meanwhile is never taken. The one-statement claim is built once per set of
+queues, with bound parameters (see :mod:`.transitions`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
-from sqlalchemy import select, update
-from sqlalchemy.sql import Select
+from sqlalchemy import Double, Integer, String, bindparam, select, update
+from sqlalchemy.sql import Select, Update
 
 from .engine import Engines
 from .schema import jobs
@@ -33,7 +35,7 @@ CLAIMED_COLUMNS = [jobs.c.id, jobs.c.func, jobs.c.name, jobs.c.args, jobs.c.kwar
                    jobs.c.run_at, jobs.c.priority, jobs.c.time_limit]
 
 
-def due_jobs(queues: Sequence[str], now: float, limit: int) -> Select:
+def due_jobs(queues: Sequence[str], now: Any, limit: Any) -> Select:
     """The claim query (locks the rows it returns, skipping locked ones)."""
     return (select(jobs.c.id)
             .where(jobs.c.state == 'queued', jobs.c.queue.in_(list(queues)),
@@ -43,9 +45,21 @@ def due_jobs(queues: Sequence[str], now: float, limit: int) -> Select:
             .with_for_update(skip_locked=True))
 
 
-def _running(worker_id: str, now: float) -> dict[str, Any]:
+def _running(worker_id: Any, now: Any) -> dict[str, Any]:
     return {'state': 'running', 'worker_id': worker_id, 'started_at': now,
             'attempt': jobs.c.attempt + 1, 'progress': None, 'data': None}
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_returning(queues: tuple[str, ...]) -> Update:
+    """The one-statement claim of ``queues`` (parameters ``now``, ``limit``, ``worker``)."""
+    now: Any = bindparam('claim_now', type_=Double())
+    due = (due_jobs(queues, now, bindparam('claim_limit', type_=Integer()))
+           .cte('due').prefix_with('MATERIALIZED', dialect='postgresql'))
+    return (update(jobs)
+            .where(jobs.c.id.in_(select(due.c.id)), jobs.c.state == 'queued')
+            .values(_running(bindparam('claim_worker', type_=String()), now))
+            .returning(*CLAIMED_COLUMNS))
 
 
 def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
@@ -54,17 +68,14 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
     them (``attempt`` already counting this run), highest priority first."""
     if limit <= 0:
         return []
-    query = due_jobs(queues, now, limit)
     if engines.write.dialect.update_returning:
-        due = query.cte('due').prefix_with('MATERIALIZED', dialect='postgresql')
-        stmt = (update(jobs)
-                .where(jobs.c.id.in_(select(due.c.id)), jobs.c.state == 'queued')
-                .values(_running(worker_id, now))
-                .returning(*CLAIMED_COLUMNS))
+        params = {'claim_now': now, 'claim_limit': limit, 'claim_worker': worker_id}
         with engines.writing() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            rows = [dict(r._mapping) for r in
+                    conn.execute(_claim_returning(tuple(queues)), params)]
         rows.sort(key=lambda r: (-r['priority'], r['run_at']))
         return rows
+    query = due_jobs(queues, now, limit)
     with engines.write.begin() as conn:
         locked = [dict(r._mapping) for r in conn.execute(
             query.with_only_columns(*CLAIMED_COLUMNS))]

@@ -3,7 +3,11 @@ that are free, and ``threads`` executor threads run them.
 
 One fetcher per process (not one per thread) makes one claim for all free threads
 (one round trip for several jobs) and owns the single wake-up event, so no wake-up
-is ever consumed by a thread that then finds nothing to do.
+is ever consumed by a thread that then finds nothing to do. While jobs keep coming,
+an executor that finished one claims its next itself, at once: the claims of busy
+threads run side by side instead of queuing behind the fetcher's one at a time (each
+waits for a commit); an executor that finds nothing goes back to the fetcher. An
+executor claims for itself only while the last claim found all it asked for.
 """
 from __future__ import annotations
 
@@ -57,6 +61,10 @@ class Runner:
         self._busy_lock = threading.Lock()
         self._idle = threading.Condition(self._busy_lock)
         self._executors: list[threading.Thread] = []
+        # Whether the last claim found as many jobs as it asked for (more may be due):
+        # only then does a finishing executor claim for itself (a hint: if wrong, one
+        # empty claim, or the next job waits for the fetcher's wake-up or poll).
+        self._more = False
         self._fetcher: threading.Thread | None = None
 
     # -- running -------------------------------------------------------------------
@@ -117,6 +125,7 @@ class Runner:
             if failures:
                 log.warning('asyncjob: claiming jobs again')
                 failures = 0
+            self._more = len(rows) == free
             for _ in range(free - len(rows)):
                 self._free.release()
             if rows:
@@ -159,15 +168,39 @@ class Runner:
             row = self._work.get()
             if row is None:
                 return
-            try:
-                self.execute(row)
-            except BaseException:  # execute never raises; if it does, the thread goes on
-                log.exception('asyncjob: running job %s failed unexpectedly', row.get('id'))
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
-                    self._idle.notify_all()
-                self._free.release()
+            while row is not None:
+                try:
+                    self.execute(row)
+                except BaseException:  # execute never raises; if it does, the thread goes on
+                    log.exception('asyncjob: running job %s failed unexpectedly',
+                                  row.get('id'))
+                row = self._claim_next()  # still counted busy, still holding its slot
+            with self._busy_lock:
+                self._busy -= 1
+                self._idle.notify_all()
+            self._free.release()
+
+    def _claim_next(self) -> dict[str, Any] | None:
+        """One due row for this executor, or ``None`` (none due, stopping, or the
+        claim failed: the fetcher retries and reports)."""
+        if self._stopping.is_set() or not self._more:
+            return None
+        try:
+            rows = self.claim(1)
+        except Exception as exc:
+            log.debug('asyncjob: an executor could not claim its next job: %s', exc)
+            rows = []
+        if not rows:
+            self._more = False
+            return None
+        with self._handoff:
+            if not self._stopping.is_set():
+                return rows[0]
+        try:  # claimed as the stop began: back to the queue, unrun
+            self.unclaim(rows)
+        except Exception:  # left running: the rescue of this worker's jobs takes it
+            log.exception('asyncjob: could not queue job %s again', rows[0].get('id'))
+        return None
 
     # -- stopping ------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Implements the store interface of :mod:`tgext.asyncjob.trackers.base`. Writes made
 for the job's life go through the backend's compare-and-set transitions; ``track``
-is empty because the INSERT that queues a job (:meth:`SQLAlchemyBackend.enqueue`) is
-its record.
+writes nothing because the INSERT that queues a job (:meth:`SQLAlchemyBackend.enqueue`,
+after the ``on_enqueued`` hooks) is its record.
 """
 from __future__ import annotations
 
@@ -96,13 +96,13 @@ class SQLJobStore:
     # -- writes --------------------------------------------------------------------
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
-        """Insert the job's row (built by the backend's ``validate``): queuing the job
-        and writing its record are one INSERT."""
-        row = self.backend.take_row(entryid)
-        if row is not None:
-            if record and record.get('retry_of'):
-                row['retry_of'] = record['retry_of']  # in the INSERT: one transaction
-            self.backend.insert(row)
+        """Nothing yet: queuing the job and writing its record are one INSERT, made when
+        the queue hands the job over, once the ``on_enqueued`` hooks have run (they may
+        add meta). A retry's link to the job it repeats goes into that INSERT (one
+        transaction with the request's, as the old job's link)."""
+        row = self.backend.pending_row(entryid)
+        if row is not None and record and record.get('retry_of'):
+            row['retry_of'] = record['retry_of']
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """A retry (running → queued at ``fields['eta']``). 'running' was written by
