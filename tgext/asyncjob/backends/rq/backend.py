@@ -92,6 +92,7 @@ class RQBackend(Backend):
     supports_retry = True  # each retry is an RQ scheduled job too
     supports_cancel_running = True  # a key in Redis that asyncjob_cancelled() reads
     supports_on_commit = True
+    supports_unique = True  # held in the Redis tracker the records go to
 
     def __init__(self, runtime: Runtime, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,

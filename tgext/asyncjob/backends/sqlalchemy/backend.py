@@ -28,7 +28,7 @@ from tg.support.converters import asbool
 from ...job import Job, JobError, JobState
 from ...retry import policy_for
 from ..base import Backend
-from . import codec, transitions
+from . import codec, transitions, uniquekeys
 from .claims import claim, claim_by_id, next_run_at
 from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
@@ -93,6 +93,8 @@ class SQLAlchemyBackend(Backend):
     supports_cancel_running = True  # from any process: see cancel()
     supports_on_commit = True  # moot: the insert itself joins the transaction
     transactional_enqueue = True
+    supports_priority = True  # the claim takes priority DESC, run_at
+    supports_unique = True  # asyncjob_unique_keys, see .uniquekeys
 
     def __init__(self, runtime: Runtime, url: str | None = None, *, workers: int = 1,
                  immediate: bool = False, in_process: Any = True, create_tables: Any = True,
@@ -162,29 +164,52 @@ class SQLAlchemyBackend(Backend):
         """The row :meth:`validate` built for ``jobid`` (once)."""
         return self._rows.pop(jobid, None)
 
-    def insert(self, row: dict[str, Any]) -> None:
+    def insert(self, row: dict[str, Any], expires_at: float | None = None) -> str | None:
         """Insert a job's row. Inside a transaction, through the application's session
         when it is on the jobs database: atomic with the request's rows, committed even
         without ORM changes (``mark_changed``); on another database, right after the
         transaction commits (never for one that aborts). Outside a transaction, or in
-        immediate mode, alone. :class:`JobNotStored` if the database refuses."""
+        immediate mode, alone. :class:`JobNotStored` if the database refuses.
+
+        A row with a ``unique_key`` takes the key first, in the same transaction
+        (held until ``expires_at`` at most, see :mod:`.uniquekeys`); if a live job
+        holds it, nothing is inserted and that job's id is returned. On another
+        database the key is taken at once, alone, and let go if the transaction aborts.
+        """
         stmt = insert_statement(self.engines.dialect)
         txn = None if self.immediate else _open_transaction()
         session = self._app_session() if txn is not None else None
+        holder = None
         try:
             if session is not None and txn is not None:
                 from zope.sqlalchemy import mark_changed
-                session.execute(stmt, row)
+                holder = self._hold_key(session, row, expires_at)
+                if holder is None:
+                    session.execute(stmt, row)
                 mark_changed(session)
                 txn.addAfterCommitHook(self._wake_after_commit)
             elif txn is not None:
-                txn.addAfterCommitHook(self._insert_after_commit, (stmt, row))
+                if row.get('unique_key') is not None:
+                    holder = retry_disconnect(lambda: self._hold_key_alone(row, expires_at))
+                if holder is None:
+                    txn.addAfterCommitHook(self._insert_after_commit, (stmt, row))
             else:
-                retry_disconnect(lambda: self._execute_alone(stmt, row))
+                holder = retry_disconnect(lambda: self._execute_alone(stmt, row, expires_at))
                 self.wake.set()
         except SQLAlchemyError as exc:
             raise JobNotStored(f'asyncjob: job {row["id"]} ({row["name"]}) could not be '
                                f'stored in the database, nothing was queued: {exc}') from exc
+        return holder
+
+    def _hold_key(self, conn: Any, row: dict[str, Any], expires_at: float | None) -> str | None:
+        if row.get('unique_key') is None:
+            return None
+        return uniquekeys.hold(conn, self.engines.dialect, row['unique_key'], row['id'],
+                               expires_at, time.time())
+
+    def _hold_key_alone(self, row: dict[str, Any], expires_at: float | None) -> str | None:
+        with self.engines.writing() as conn:
+            return self._hold_key(conn, row, expires_at)
 
     def enqueue(self, job: Job) -> None:
         """Nothing to hand over: the row inserted when the job was tracked is the queue."""
@@ -196,9 +221,13 @@ class SQLAlchemyBackend(Backend):
         if eta <= time.time() + self.poll_interval:
             self.wake.set()
 
-    def _execute_alone(self, stmt: Any, row: dict[str, Any]) -> None:
+    def _execute_alone(self, stmt: Any, row: dict[str, Any],
+                       expires_at: float | None = None) -> str | None:
         with self.engines.writing() as conn:
-            conn.execute(stmt, row)
+            holder = self._hold_key(conn, row, expires_at)  # after a commit: its own key
+            if holder is None:
+                conn.execute(stmt, row)
+        return holder
 
     def _app_session(self) -> Any:
         """The application's session (``DBSession``) if it is on the jobs database."""
@@ -223,6 +252,8 @@ class SQLAlchemyBackend(Backend):
         # asyncjob.backend.url is another database: the job is inserted once the
         # request's transaction has committed (never for one that aborted).
         if not committed:
+            if row.get('unique_key') is not None:
+                self._let_go_key(row)
             return
         try:
             retry_disconnect(lambda: self._execute_alone(stmt, row))
@@ -231,6 +262,14 @@ class SQLAlchemyBackend(Backend):
                           'not be stored: it will not run', row['id'], row['name'])
             return
         self.wake.set()
+
+    def _let_go_key(self, row: dict[str, Any]) -> None:
+        try:
+            with self.engines.writing() as conn:
+                uniquekeys.let_go(conn, row['unique_key'], row['id'])
+        except SQLAlchemyError:
+            log.exception('asyncjob %s: could not let its unique key go (it expires, or '
+                          'is taken over once the key is stale)', row['id'])
 
     # -- cancelling ----------------------------------------------------------------
 

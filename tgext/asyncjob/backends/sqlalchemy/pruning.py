@@ -9,6 +9,7 @@ from .engine import Engines
 from .leases import acquire
 from .schema import jobs
 from .transitions import FINAL_STATES
+from .uniquekeys import forget_jobs
 
 #: Rows deleted per transaction.
 BATCH = 1000
@@ -30,6 +31,7 @@ def prune(engines: Engines, holder: str, retention: float, now: float,
                 select(jobs.c.id).where(jobs.c.state.in_(FINAL_STATES),
                                         jobs.c.finished_at < cutoff).limit(batch)).scalars())
             if ids:
+                forget_jobs(conn, ids)
                 conn.execute(delete(jobs).where(jobs.c.id.in_(ids),
                                                 jobs.c.state.in_(FINAL_STATES)))
         deleted += len(ids)

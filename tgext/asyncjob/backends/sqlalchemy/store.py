@@ -78,6 +78,17 @@ class SQLJobStore:
         if row is not None:
             self.backend.insert(row)
 
+    def track_unique(self, entryid: str, record: dict[str, Any], key: str,
+                     unique_for: float | None) -> str | None:
+        """:meth:`track`, taking ``key`` in the same transaction as the INSERT (see
+        :mod:`.uniquekeys`); the id of the live job holding it instead, if one does.
+        The key needs no release: the job's final state makes it stale."""
+        row = self.backend.take_row(entryid)
+        if row is None:
+            return None
+        row['unique_key'] = key
+        return self.backend.insert(row, None if unique_for is None else time.time() + unique_for)
+
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """A retry (running → queued at ``fields['eta']``). 'running' was written by
         the row's claim already, except in immediate mode, which claims it here."""
