@@ -1,31 +1,26 @@
 """Priorities (``asyncjob_options(priority=...)``, README "Priorities"): higher runs
 first, first in, first out within a priority, on the threads backend and on the
-sqlalchemy backend (SQLite, PostgreSQL, MariaDB), through real TurboGears apps; the
-rq backend refuses the option at the call site."""
+sqlalchemy backend (SQLite, PostgreSQL, MariaDB), through real TurboGears apps; on
+the rq backend in three bands (RQ queues NAME:high, NAME, NAME:low), run by a real
+worker process."""
 import os
+import uuid
 
 import pytest
 from tg import expose
 
+import processes
 from sampleapp.controllers.root import RootController
 from services import wait_for
 from test_sqlalchemy_backend import mariadb_url, url  # noqa: F401 (fixtures)
-from tgext.asyncjob import (JobOptions, JobQueue, JobState, QueueFull, UnsupportedOption,
-                            asyncjob_options)
-from uniqueproc import hold
+from tgext.asyncjob import JobOptions, JobState, QueueFull, asyncjob_options
+from uniqueproc import hold, record
 
 WAIT = 30
 #: (label, priority) in the order queued, and the order they must run in.
 QUEUED = [('a0', 0), ('b-5', -5), ('c10', 10), ('d10', 10), ('e100', 100), ('f-100', -100),
           ('g0', 0), ('h', None)]
 RUN_ORDER = ['e100', 'c10', 'd10', 'a0', 'g0', 'h', 'b-5', 'f-100']
-
-
-def record(label, path):
-    """Appends ``label`` to the file ``path``: the order jobs ran in."""
-    with open(path, 'a') as f:
-        f.write(label + '\n')
-    return label
 
 
 def _ran(path):
@@ -104,11 +99,31 @@ def test_bad_priorities_raise_at_the_call_site(priority, error):
         asyncjob_options(priority=priority)
 
 
-def test_rq_refuses_priorities_at_the_call_site(redis_url):
-    q = JobQueue(backend='rq', backend_options={'redis_url': redis_url,
-                                                'queue_name': 'asyncjob-prio-test'})
+def test_rq_runs_the_high_band_first_then_default_then_low(redis_url, tmp_path):
+    import redis
+    from rqapp.contract import _queue
+    name = f'asyncjob-prio-{uuid.uuid4().hex[:12]}'
+    q = _queue(redis_url, name)
+    path = str(tmp_path / 'order')
+    procs = processes.Processes(tmp_path)
+    client = redis.Redis.from_url(redis_url)
     try:
-        with pytest.raises(UnsupportedOption, match='priority'):
-            q.perform(record, ('x', 'never'), options=JobOptions(priority=1))
+        ids = [q.perform(record, (label, path), options=JobOptions(priority=priority))
+               for label, priority in QUEUED]
+        assert {n: len(q.backend.rq_queues[n]) for n in q.backend.rq_queues} == {
+            f'{name}:high': 3, name: 3, f'{name}:low': 2}
+        worker = procs.start('worker', ['python', '-c', (
+            'import sys; from rqapp.contract import _queue; '
+            '_queue(sys.argv[1], sys.argv[2]).backend.work(simple=True, burst=True)'),
+            redis_url, name])
+        assert worker.wait_exit() == 0, worker.tail()
+        for jobid in ids:
+            assert q.wait(jobid, WAIT).state is JobState.SUCCEEDED
+        # Bands, each first in, first out (100 and 10 are both "high").
+        assert _ran(path) == ['c10', 'd10', 'e100', 'a0', 'g0', 'h', 'b-5', 'f-100']
     finally:
-        q.stop(1)
+        procs.close()
+        q.stop(5)
+        for key in client.scan_iter(match=f'*{name}*'):
+            client.delete(key)
+        client.close()

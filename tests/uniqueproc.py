@@ -1,4 +1,5 @@
-"""Unique jobs from another process: ``python uniqueproc.py KIND URL KEY N GO GATE OUT``
+"""Jobs for tests/test_unique_jobs.py and tests/test_priorities.py, and unique jobs
+from another process: ``python uniqueproc.py KIND URL KEY N GO GATE OUT``
 performs ``hold(GATE)`` with ``unique_key=KEY`` from N threads at once, as soon as the
 file GO exists, and writes the ids it got to OUT (JSON). KIND ``sqlalchemy``: a
 backend on the database URL that runs nothing here; ``redis``: the threads backend
@@ -20,6 +21,13 @@ def hold(gate):
         f.write('ran\n')
     wait_for(lambda: os.path.exists(gate), timeout=TIMEOUT, message='gate never opened')
     return 'done'
+
+
+def record(label, path):
+    """Appends ``label`` to the file ``path``: the order jobs ran in."""
+    with open(path, 'a') as f:
+        f.write(label + '\n')
+    return label
 
 
 def main(kind, url, key, count, go, gate, out):
