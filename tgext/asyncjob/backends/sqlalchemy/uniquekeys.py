@@ -47,8 +47,9 @@ def hold(conn: Any, dialect: str, key: str, jobid: str, expires_at: float | None
     transaction that inserts the job's row). ``None`` if taken: insert the job's row
     now; else the id of the live job holding it."""
     held = unique_keys.c
-    insert = _INSERTS[dialect](unique_keys).values(unique_key=key, job_id=jobid,
-                                                   expires_at=expires_at)
+    # Any: each dialect's Insert has its own upsert methods, unknown to the base type.
+    insert: Any = _INSERTS[dialect](unique_keys).values(unique_key=key, job_id=jobid,
+                                                        expires_at=expires_at)
     stale = _stale(now)
     if dialect in ('mysql', 'mariadb'):
         # Assignments run left to right: once job_id is ours the key was taken.
