@@ -187,6 +187,12 @@ def test_sql_concurrent_identical_requests_get_one_row(make_app, url, tmp_path):
     assert len(set(ids)) == 1, set(ids)
     assert [r['id'] for r in job_rows(url, unique_key=key)] == [ids[0]]
     assert [(r['unique_key'], r['job_id']) for r in _key_rows(url)] == [(key, ids[0])]
+    # Its job ended: the key is stale, and 50 requests racing to take it over get one job.
+    assert _queue(app).cancel(ids[0])
+    again = _concurrently(app, key, gate)
+    assert len(set(again)) == 1 and again[0] != ids[0], set(again)
+    assert sorted(r['id'] for r in job_rows(url, unique_key=key)) == sorted([ids[0], again[0]])
+    assert [r['job_id'] for r in _key_rows(url)] == [again[0]]
 
 
 def test_sql_two_processes_get_one_row(make_app, url, tmp_path):  # noqa: F811
@@ -211,6 +217,55 @@ def test_sql_the_key_is_free_once_the_job_ended_on_every_path(make_app, url, tmp
     q.backend.work(threads=1, burst=True)
     assert q.get_status(ran).state is JobState.SUCCEEDED
     assert click() != ran
+
+
+def test_sql_a_finished_holder_of_another_key_frees_only_that_key(make_app, url, tmp_path):  # noqa: F811
+    app = _sql_app(make_app, url, in_process='false')
+    q = _queue(app)
+    live, other = _key(), _key()
+    held = q.perform(hold, ('never',), options=JobOptions(unique_key=live))
+    assert q.cancel(q.perform(hold, ('never',), options=JobOptions(unique_key=other)))
+    assert q.perform(hold, ('never',), options=JobOptions(unique_key=live)) == held
+
+
+def test_sql_a_transaction_taking_a_stale_key_makes_a_concurrent_one_wait(url):  # noqa: F811
+    """The upsert of the second transaction waits for the first, then sees its job."""
+    from tgext.asyncjob.backends.sqlalchemy import uniquekeys
+    q = JobQueue(backend='sqlalchemy', backend_options={'url': url, 'in_process': False})
+    engines = q.backend.engines
+    try:
+        stale = q.perform(hold, ('never',), options=JobOptions(unique_key='k'))
+        assert q.cancel(stale)
+        first = q.backend.engines.write.connect()
+        txn = first.begin()
+        assert uniquekeys.hold(first, engines.dialect, 'k', 'a' * 32, None, 1.0) is None
+        answer = []
+        second = threading.Thread(target=lambda: answer.append(_hold_alone(engines, 'b' * 32)))
+        second.start()
+        if engines.dialect != 'sqlite':  # SQLite: it waits to begin, its reads come after
+            wait_for(lambda: _lock_waits(engines), timeout=WAIT,
+                     message='the second transaction never waited on the first')
+        txn.commit()
+        first.close()
+        second.join(WAIT)
+        assert answer == ['a' * 32]
+    finally:
+        q.stop(5)
+        engines.dispose()
+
+
+def _lock_waits(engines):
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+             if engines.dialect == 'postgresql' else
+             "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+    with engines.read.connect() as conn:
+        return conn.exec_driver_sql(query).scalar()
+
+
+def _hold_alone(engines, jobid):
+    from tgext.asyncjob.backends.sqlalchemy import uniquekeys
+    with engines.writing() as conn:
+        return uniquekeys.hold(conn, engines.dialect, 'k', jobid, None, 1.0)
 
 
 def test_sql_an_aborted_request_holds_no_key(make_app, url, tmp_path):  # noqa: F811

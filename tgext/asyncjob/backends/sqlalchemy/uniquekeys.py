@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import case, delete, exists, or_, select
+from sqlalchemy import case, delete, exists, literal_column, or_, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .schema import jobs, unique_keys
@@ -35,10 +35,12 @@ _INSERTS = {'postgresql': postgresql.insert, 'sqlite': sqlite.insert,
 
 
 def _stale(now: float) -> Any:
-    held = unique_keys.c
-    return or_(held.expires_at <= now,
-               exists().where(jobs.c.id == held.job_id, jobs.c.state.in_(FINAL_STATES))
-               .correlate_except(jobs))
+    # The row in conflict, named as the upsert's target: SQLAlchemy does not correlate
+    # a subquery of an INSERT with its table, and would add it to the subquery's FROM
+    # (then any finished holder of any key would make every key stale).
+    holder = literal_column(f'{unique_keys.name}.job_id')
+    return or_(unique_keys.c.expires_at <= now,
+               exists().where(jobs.c.id == holder, jobs.c.state.in_(FINAL_STATES)))
 
 
 def hold(conn: Any, dialect: str, key: str, jobid: str, expires_at: float | None,
