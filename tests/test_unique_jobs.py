@@ -201,7 +201,7 @@ def test_sql_two_processes_get_one_row(make_app, url, tmp_path):  # noqa: F811
     assert [r['id'] for r in job_rows(url)] == [jobid]
 
 
-def test_sql_the_key_is_free_once_the_job_ended_on_every_path(make_app, url, tmp_path):  # noqa: F811
+def test_sql_the_key_is_free_once_its_job_ended(make_app, url, tmp_path):  # noqa: F811
     app = _sql_app(make_app, url, in_process='false')
     q = _queue(app)
     gate, key = str(tmp_path / 'gate'), _key()
@@ -219,7 +219,7 @@ def test_sql_the_key_is_free_once_the_job_ended_on_every_path(make_app, url, tmp
     assert click() != ran
 
 
-def test_sql_a_finished_holder_of_another_key_frees_only_that_key(make_app, url, tmp_path):  # noqa: F811
+def test_sql_another_keys_finished_holder_frees_that_key_only(make_app, url, tmp_path):  # noqa: F811
     app = _sql_app(make_app, url, in_process='false')
     q = _queue(app)
     live, other = _key(), _key()

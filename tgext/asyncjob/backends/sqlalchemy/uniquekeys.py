@@ -38,7 +38,7 @@ def _stale(now: float) -> Any:
     # The row in conflict, named as the upsert's target: SQLAlchemy does not correlate
     # a subquery of an INSERT with its table, and would add it to the subquery's FROM
     # (then any finished holder of any key would make every key stale).
-    holder = literal_column(f'{unique_keys.name}.job_id')
+    holder: Any = literal_column(f'{unique_keys.name}.job_id')
     return or_(unique_keys.c.expires_at <= now,
                exists().where(jobs.c.id == holder, jobs.c.state.in_(FINAL_STATES)))
 
