@@ -219,7 +219,7 @@ def test_sql_the_key_is_free_once_its_job_ended(make_app, url, tmp_path):  # noq
     assert click() != ran
 
 
-def test_sql_another_keys_finished_holder_frees_that_key_only(make_app, url, tmp_path):  # noqa: F811
+def test_sql_a_finished_holder_frees_only_its_own_key(make_app, url, tmp_path):  # noqa: F811
     app = _sql_app(make_app, url, in_process='false')
     q = _queue(app)
     live, other = _key(), _key()
