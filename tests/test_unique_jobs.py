@@ -268,6 +268,30 @@ def _hold_alone(engines, jobid):
         return uniquekeys.hold(conn, engines.dialect, 'k', jobid, None, 1.0)
 
 
+def test_sql_the_key_of_a_job_whose_worker_died_is_free_once_it_is_rescued(url):  # noqa: F811
+    import time
+    q = JobQueue(backend='sqlalchemy', backend_options={'url': url, 'in_process': False})
+    engines = q.backend.engines
+    options = JobOptions(unique_key='k')
+    try:
+        jobid = q.perform(hold, ('never',), options=options)
+        long_ago = time.time() - 3600
+        with engines.writing() as conn:  # claimed by a worker that died since
+            conn.execute(schema.workers.insert().values(
+                id='dead:1:x', hostname='dead', pid=1, started_at=long_ago,
+                heartbeat_at=long_ago))
+            conn.execute(schema.jobs.update().values(
+                state='running', worker_id='dead:1:x', attempt=1, started_at=long_ago))
+        assert q.perform(hold, ('never',), options=options) == jobid  # running: held
+        assert q.backend.rescue() == [jobid]
+        status = q.get_status(jobid)
+        assert (status.state, status.error.type) == (JobState.FAILED, 'WorkerDied')
+        assert q.perform(hold, ('never',), options=options) != jobid
+    finally:
+        q.stop(5)
+        engines.dispose()
+
+
 def test_sql_an_aborted_request_holds_no_key(make_app, url, tmp_path):  # noqa: F811
     import transaction
     app = _sql_app(make_app, url, in_process='false')
