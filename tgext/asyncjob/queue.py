@@ -25,6 +25,7 @@ from .errors import NotInJobError, QueueFull, QueueStopped
 from .execution import Runtime
 from .forking import reset_in_child
 from .hooks import Hooks
+from .importpath import importable_path
 from .job import Job, JobError, JobState, JobStatus
 from .lifecycle import Lifecycle
 from .options import JobOptions
@@ -163,7 +164,8 @@ class JobQueue:
     def perform(self, func: Callable[..., Any], args: tuple = (),
                 kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
                 at: Any = None, on_commit: bool | None = None,
-                retry: Retry | None = None, options: JobOptions | None = None) -> str:
+                retry: Retry | None = None, retry_of: str | None = None,
+                options: JobOptions | None = None) -> str:
         """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
 
         ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) hold the job until
@@ -173,7 +175,8 @@ class JobQueue:
         (instead of those four). With a ``unique_key`` the id returned is that of the
         live job holding the key, if one does (nothing is queued then). Every check
         (these values, the callable, what the backend can honour) is made here,
-        before anything is stored.
+        before anything is stored. ``retry_of``: the id of the job this one copies (see
+        :func:`~tgext.asyncjob.operations.retry_job`), in its first record.
         """
         check_callable(func)
         if self._stopped:
@@ -193,9 +196,15 @@ class JobQueue:
         job = Job(func, args, kwargs or {}, retry=retry, options=options)
         job.eta = eta_of(delay, at, job.enqueued_at)
         self.backend.validate(job)
-        record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
+        record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name,
+                  'args': job.args, 'kwargs': job.kwargs}
+        path = importable_path(func)
+        if path is not None:
+            record['func'] = path  # what a retry imports (records outlive this process)
         if job.eta is not None:
             record['eta'] = job.eta
+        if retry_of is not None:
+            record['retry_of'] = retry_of
         txn = None
         if on_commit and not self.backend.transactional_enqueue:
             txn = _open_transaction()

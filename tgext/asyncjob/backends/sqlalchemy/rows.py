@@ -29,13 +29,13 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
         'meta': codec.dumps(meta) if meta else None, 'state': 'queued',
         'priority': int(getattr(options, 'priority', 0) or 0), 'run_at': run_at,
         'enqueued_at': job.enqueued_at, 'attempt': job.attempt, 'cancel_requested': False,
-        'unique_key': getattr(options, 'unique_key', None),
+        'retry_of': None, 'unique_key': getattr(options, 'unique_key', None),
     }
 
 
 #: The columns :func:`job_row` fills.
 ROW_COLUMNS = ('id', 'queue', 'func', 'name', 'args', 'kwargs', 'retry', 'meta', 'state',
-               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested',
+               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested', 'retry_of',
                'unique_key')
 
 
@@ -52,8 +52,8 @@ def insert_statement(dialect: str) -> Executable:
 
 
 _RECORD_COLUMNS = ('state', 'name', 'enqueued_at', 'started_at', 'finished_at', 'attempt',
-                   'progress', 'detail')
-_JSON_COLUMNS = ('data', 'result', 'error', 'meta')
+                   'progress', 'detail', 'func', 'retry_of', 'retried_as')
+_JSON_COLUMNS = ('data', 'result', 'error', 'meta', 'args', 'kwargs')
 
 #: The columns a status read needs.
 RECORD_COLUMNS = [jobs.c.id, jobs.c.run_at, jobs.c.cancel_requested,

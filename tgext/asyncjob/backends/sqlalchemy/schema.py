@@ -49,9 +49,13 @@ jobs = Table(
     Column('unique_key', String(255)),
     Column('concurrency_key', String(255)),
     Column('time_limit', Double),
+    Column('retry_of', String(32)),  # the job a manual retry copied (asyncjob_retry)
+    Column('retried_as', String(32)),  # the copy a manual retry made of this job
     Index('ix_asyncjob_jobs_worker', 'worker_id'),  # rescue, cancel checks
-    Index('ix_asyncjob_jobs_finished', 'state', 'finished_at'),  # retention
+    Index('ix_asyncjob_jobs_finished', 'state', 'finished_at'),  # retention, purge
     Index('ix_asyncjob_jobs_enqueued', 'enqueued_at'),  # the jobs list, newest first
+    Index('ix_asyncjob_jobs_state_enqueued', 'state', 'enqueued_at'),  # list by state
+    Index('ix_asyncjob_jobs_name_enqueued', 'name', 'enqueued_at'),  # list by callable
     Index('ix_asyncjob_jobs_unique', 'unique_key'),
 )
 # The claim query: state = 'queued' AND queue IN (...) AND run_at <= now
