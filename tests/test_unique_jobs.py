@@ -292,6 +292,19 @@ def test_sql_the_key_of_a_job_whose_worker_died_is_free_once_it_is_rescued(url):
         engines.dispose()
 
 
+def test_sql_deleting_a_finished_job_deletes_the_key_it_held(url):  # noqa: F811
+    q = JobQueue(backend='sqlalchemy', backend_options={'url': url, 'in_process': False})
+    options = JobOptions(unique_key='k')
+    try:
+        jobid = q.perform(hold, ('never',), options=options)
+        assert q.cancel(jobid) and q.store.delete_finished(jobid)
+        assert _key_rows(url) == []  # else a key held by a row gone would look live
+        assert q.perform(hold, ('never',), options=options) != jobid
+    finally:
+        q.stop(5)
+        q.backend.engines.dispose()
+
+
 def test_sql_an_aborted_request_holds_no_key(make_app, url, tmp_path):  # noqa: F811
     import transaction
     app = _sql_app(make_app, url, in_process='false')
