@@ -23,12 +23,13 @@ import dataclasses
 import os
 import threading
 import time
+import uuid
 from typing import Callable
 
 import pytest
 
-from tgext.asyncjob import (JobFailed, JobQueue, Retry, UnsupportedOption, asyncjob_cancelled,
-                            asyncjob_running_uid)
+from tgext.asyncjob import (JobFailed, JobOptions, JobQueue, Retry, UnsupportedOption,
+                            asyncjob_cancelled, asyncjob_running_uid)
 from tgext.asyncjob.backends.base import Backend
 
 from rqapp.contract import make_rq_queue
@@ -178,6 +179,38 @@ def s_waiting_at_stop(q, tmp):
     return jobid
 
 
+def _unique(**options):
+    return JobOptions(unique_key=f'contract:{uuid.uuid4().hex}', **options)
+
+
+def s_unique_while_queued_then_free_once_cancelled(q, tmp):
+    waiting = _unique(delay=DEADLINE)
+    first = q.perform(touch, (str(tmp / 'ran'),), options=waiting)
+    assert q.perform(touch, (str(tmp / 'ran'),), options=waiting) == first  # nothing queued
+    assert q.cancel(first) is True
+    jobid = q.perform(add, (2, 2), options=JobOptions(unique_key=waiting.unique_key))
+    assert jobid != first
+    return jobid
+
+
+def s_unique_while_running(q, tmp):
+    options = _unique()
+    jobid, release, thread = _start_holding(q, tmp, options=options)
+    assert q.perform(add, (1, 1), options=options) == jobid
+    open(release, 'w').close()
+    thread.join(DEADLINE)
+    return jobid
+
+
+def s_unique_free_once_failed(q, tmp):
+    options = _unique()
+    failed = q.perform(fail, ('first',), options=options)
+    assert q.wait(failed, DEADLINE).state.value == 'failed'
+    jobid = q.perform(add, (1, 2), options=options)
+    assert jobid != failed
+    return jobid
+
+
 # ------------------------------------------------------------------- the table
 # scenario, needs a job that waits, final state, what else the answer says
 
@@ -201,6 +234,10 @@ TABLE = [
      lambda s, tmp: s.result == 2 and s.started_at >= s.enqueued_at + 0.2),
     (s_unknown_id, False, 'not_found', lambda s, tmp: True),
     (s_waiting_at_stop, True, None, lambda s, tmp: not _ran(tmp)),
+    (s_unique_while_queued_then_free_once_cancelled, True, 'succeeded',
+     lambda s, tmp: s.result == 4 and not _ran(tmp)),
+    (s_unique_while_running, False, 'succeeded', lambda s, tmp: s.result is False),
+    (s_unique_free_once_failed, False, 'succeeded', lambda s, tmp: s.result == 3),
 ]
 
 
@@ -243,6 +280,8 @@ class NoFrills(Backend):
 
 @pytest.mark.parametrize('options, flag', [
     ({'delay': 1}, 'delay'), ({'retry': Retry()}, 'retry'), ({'on_commit': True}, 'on_commit'),
+    ({'options': JobOptions(priority=1)}, 'priority'),
+    ({'options': JobOptions(unique_key='k')}, 'unique_key'),
 ])
 def test_perform_rejects_what_the_backend_cannot_honour(options, flag):
     q = JobQueue(backend=NoFrills)

@@ -173,6 +173,38 @@ def test_a_retry_goes_back_to_queued(store):
     assert progress_of(store, jobid) == (-1, None)
 
 
+def test_a_unique_key_is_held_while_its_job_is_queued_or_running(store):
+    if not store.supports_status:  # no states to tell a live holder: no keys
+        assert not hasattr(store, 'track_unique')
+        return
+    key, first, second = f'k-{new_id()}', new_id(), new_id()
+    assert store.track_unique(first, {'state': 'queued'}, key, None) is None
+    assert store.track_unique(second, {'state': 'queued'}, key, None) == first
+    assert record_of(store, second) is None  # refused: nothing written
+    store.update(first, {'state': 'running'})
+    assert store.track_unique(second, {'state': 'queued'}, key, None) == first
+    store.finish(first, {'state': 'failed', 'finished_at': 2.0})
+    store.flush()
+    # A finished holder lets the key go, released or not.
+    assert store.track_unique(second, {'state': 'queued'}, key, None) is None
+    assert record_of(store, second)['state'] == 'queued'
+    store.release_unique(first, key)  # a late release by the old holder changes nothing
+    assert store.track_unique(new_id(), {'state': 'queued'}, key, None) == second
+    store.release_unique(second, key)
+    store.flush()
+    assert store.track_unique(new_id(), {'state': 'queued'}, key, None) is None
+
+
+def test_a_unique_key_expires_after_unique_for(store):
+    if not store.supports_status:
+        return
+    key, first = f'k-{new_id()}', new_id()
+    assert store.track_unique(first, {'state': 'queued'}, key, 0.05) is None
+    wait_for(lambda: store.track_unique(new_id(), {'state': 'queued'}, key, 60) is None,
+             message='the key never expired')
+    assert record_of(store, first)['state'] == 'queued'  # the job itself lives on
+
+
 def test_get_record_of_an_unknown_id(store):
     record = store.get_record(new_id())
     if store.supports_status:

@@ -135,6 +135,26 @@ def test_database_blocks(make_app, db_url, marker):
     wait_for(lambda: [g['display_name'] for g in app.get('/groups').json['groups']] == ['Prova'])
 
 
+def test_unique_jobs_block(started, tmp_path):
+    from uniqueproc import hold
+    q = started(workers=1)
+    gate = str(tmp_path / 'gate')
+    blocker = q.perform(hold, (gate,))  # keeps the export queued meanwhile
+    ns = run(block_with("unique_key=f'export:"))
+    assert ns['second'] == ns['first']
+    open(gate, 'w').close()
+    q.wait(blocker, 30)
+    assert q.wait(ns['first'], 30).result == 'orders-42.csv'
+    assert ns['export'](42) != ns['first']  # it ended: a new job
+
+
+def test_priorities_block(started):
+    q = started(workers=1)
+    run(block_with('asyncjob_options(priority=10)'))
+    wait_for(lambda: sorted((s.state.value, s.result) for s in q.recent(2)) == [
+        ('succeeded', 'archive'), ('succeeded', 'search')], timeout=30)
+
+
 def test_custom_tracker_block():
     from tgext.asyncjob import start_async_worker
     ns = run(block_with('class MyProgressTracker'))
@@ -276,7 +296,8 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportCo
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)']
+            'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)',
+            "unique_key=f'export:", 'asyncjob_options(priority=10)']
 
 
 def test_periodic_block(monkeypatch):

@@ -45,16 +45,23 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
 
 def asyncjob_options(*, delay: float | None = None, at: Any = None,
-                     on_commit: bool | None = None, retry: Retry | None = None) -> JobOptions:
+                     on_commit: bool | None = None, retry: Retry | None = None,
+                     unique_key: str | None = None, unique_for: float | None = None,
+                     priority: int | None = None) -> JobOptions:
     """Options for one job: ``asyncjob_options(delay=30).perform(fn, *args, **kwargs)``.
 
     ``delay``: seconds to wait before starting; ``at``: a datetime or epoch seconds;
     ``on_commit``: hand the job to the worker only once the current transaction commits
     (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy.
+    ``unique_key``: while a job queued with this key is queued or running, ``perform``
+    returns its id instead of queueing another; ``unique_for``: seconds the key is held
+    at most (default: until the job ends). ``priority``: an int from -100 to 100,
+    higher runs first (default 0). See README "Unique jobs" and "Priorities".
     """
     require_retry(retry)
     eta_of(delay, at, time.time())  # the same checks perform() makes, here at the call site
-    return JobOptions(delay, at, on_commit, retry)
+    return JobOptions(delay=delay, at=at, on_commit=on_commit, retry=retry,
+                      unique_key=unique_key, unique_for=unique_for, priority=priority)
 
 
 def asyncjob_set_progress(value: int, data: Any = None) -> None:

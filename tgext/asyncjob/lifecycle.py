@@ -87,6 +87,26 @@ class Lifecycle:
         """Write the record of a new, queued job (the first write of its life)."""
         self.guard(self.store.track, job.id, record)
 
+    def track_unique(self, job: Job, record: dict[str, Any]) -> str | None:
+        """:meth:`track`, unless a live job holds ``job``'s ``unique_key``: then its
+        id, and nothing is written. Atomic in the store (see :mod:`.uniquekeys`); an
+        outage raises :class:`TrackerUnavailable` (uniqueness cannot be promised)."""
+        options = job.options
+        return self.store.track_unique(job.id, record, options.unique_key,
+                                       options.unique_for)
+
+    def _release_key(self, job: Job) -> None:
+        # Every end of a job comes through _ended or forget: the key is let go there.
+        # Stores that know from the job's state alone need no call (release_unique
+        # absent); a job rebuilt without its options is released by its final record.
+        key = getattr(job.options, 'unique_key', None)
+        release = getattr(self.store, 'release_unique', None)
+        if key is not None and release is not None:
+            try:
+                self.guard(release, job.id, key)
+            except Exception:
+                log.exception('asyncjob %s: could not release its unique key', job.id)
+
     def forget(self, job: Job) -> None:
         """Undo :meth:`track` for a job refused at the hand-off (queue full, stopped):
         the caller got an exception, not an id, so no record or hook stays behind."""
@@ -96,6 +116,7 @@ class Lifecycle:
             job.state = C
         self._held.pop(job.id, None)
         self.guard(self.store.remove, job.id)
+        self._release_key(job)
 
     def claim(self, job: Job) -> bool:
         """queued → running, counting the attempt. False (nothing done) if the job was
@@ -203,8 +224,9 @@ class Lifecycle:
         self.hooks.emit(event, job, *event_args)
 
     def _ended(self, job: Job) -> None:
-        # After the lock: forget the job, wake the waiters.
+        # After the lock: forget the job, let its unique key go, wake the waiters.
         self._held.pop(job.id, None)
+        self._release_key(job)
         with self._changed:
             self._changed.notify_all()
 

@@ -4,7 +4,45 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from . import checks
 from .retry import Retry
+
+# -- unique jobs and priorities (issue 13, sections 2 and 5) ---------------------------
+#: The priorities accepted: higher runs first; jobs without one have priority 0.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+#: The longest unique key accepted (the ``sqlalchemy`` backend's key column).
+MAX_UNIQUE_KEY = 255
+
+
+def check_priority(priority: Any) -> None:
+    """``TypeError`` unless ``priority`` is ``None`` or an int (not a bool),
+    ``ValueError`` outside :data:`MIN_PRIORITY` .. :data:`MAX_PRIORITY`."""
+    if priority is None:
+        return
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f'priority must be an int, got {type(priority).__name__}: {priority!r}')
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f'priority must be between {MIN_PRIORITY} and {MAX_PRIORITY} '
+                         f'(higher runs first), got {priority!r}')
+
+
+def check_unique(unique_key: Any, unique_for: Any) -> None:
+    """``unique_key``: a non-empty str of at most :data:`MAX_UNIQUE_KEY` characters;
+    ``unique_for``: seconds > 0, and only with a ``unique_key``."""
+    if unique_key is None:
+        if unique_for is not None:
+            raise TypeError('unique_for needs a unique_key: it says how long the key is held')
+        return
+    if not isinstance(unique_key, str):
+        raise TypeError(f'unique_key must be a str, got {type(unique_key).__name__}: '
+                        f'{unique_key!r}')
+    if not 0 < len(unique_key) <= MAX_UNIQUE_KEY:
+        raise ValueError(f'unique_key must have 1 to {MAX_UNIQUE_KEY} characters, got '
+                         f'{len(unique_key)}')
+    if checks.seconds('unique_for', unique_for, none_ok=True) == 0:
+        raise ValueError('unique_for must be more than 0 seconds (or None: the key is held '
+                         'until the job ends)')
+# --------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,10 +58,18 @@ class JobOptions:
     at: Any = None
     on_commit: bool | None = None
     retry: Retry | None = None
+    # unique jobs and priorities (README "Unique jobs", "Priorities")
+    unique_key: str | None = None
+    unique_for: float | None = None
+    priority: int | None = None
+
+    def __post_init__(self) -> None:
+        check_unique(self.unique_key, self.unique_for)
+        check_priority(self.priority)
 
     def perform(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         """:func:`~tgext.asyncjob.asyncjob_perform` with these options; returns the job
-        id at once."""
+        id at once (with a ``unique_key``: the id of the live job holding the key, if
+        one does)."""
         from . import current_queue
-        return current_queue().perform(callable, args, kwargs, delay=self.delay, at=self.at,
-                                       on_commit=self.on_commit, retry=self.retry)
+        return current_queue().perform(callable, args, kwargs, options=self)

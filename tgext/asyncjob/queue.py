@@ -9,6 +9,7 @@ implemented here, once, for every backend.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import inspect
 import logging
 import math
@@ -163,23 +164,32 @@ class JobQueue:
     def perform(self, func: Callable[..., Any], args: tuple = (),
                 kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
                 at: Any = None, on_commit: bool | None = None,
-                retry: Retry | None = None, retry_of: str | None = None) -> str:
+                retry: Retry | None = None, retry_of: str | None = None,
+                options: JobOptions | None = None) -> str:
         """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
 
         ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) hold the job until
         then; ``on_commit`` hands it over only when the current transaction commits
         (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`.
-        Every check (these values, the callable, what the backend can honour) is made
-        here, before anything is stored. ``retry_of``: the id of the job this one
-        copies (see :func:`~tgext.asyncjob.operations.retry_job`), in its first record.
+        ``options``, a :class:`JobOptions`, gives all of these and the rest at once
+        (instead of those four). With a ``unique_key`` the id returned is that of the
+        live job holding the key, if one does (nothing is queued then). Every check
+        (these values, the callable, what the backend can honour) is made here,
+        before anything is stored. ``retry_of``: the id of the job this one copies (see
+        :func:`~tgext.asyncjob.operations.retry_job`), in its first record.
         """
         check_callable(func)
         if self._stopped:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
+        if options is not None:
+            delay, at, on_commit, retry = (options.delay, options.at, options.on_commit,
+                                           options.retry)
         require_retry(retry)
         if on_commit is None:
             on_commit = self.enqueue_on_commit
-        if delay is None and at is None and retry is None and on_commit == self.enqueue_on_commit:
+        if options is not None:
+            options = dataclasses.replace(options, on_commit=bool(on_commit))
+        elif delay is None and at is None and retry is None and on_commit == self.enqueue_on_commit:
             options = self._default_options  # the common case: one shared, immutable object
         else:
             options = JobOptions(delay, at, bool(on_commit), retry)
@@ -200,7 +210,12 @@ class JobQueue:
             txn = _open_transaction()
             if txn is not None:
                 record['detail'] = 'waiting for the transaction that queued it to commit'
-        self.lifecycle.track(job, record)
+        if options.unique_key is None:
+            self.lifecycle.track(job, record)
+        else:
+            holder = self.lifecycle.track_unique(job, record)
+            if holder is not None:
+                return holder  # a live job holds the key: it is the answer
         self.hooks.emit('enqueued', job)
         if txn is not None:
             self.lifecycle.hold(job)

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 from rq import Queue, SimpleWorker, Worker
 
 from .backends.rq import RQBackend, backend as rq_backend, job_died
+from .backends.rq.priorities import queue_names
 from .backends.rq.runs import BACKENDS
 
 log = logging.getLogger('tgext.asyncjob')
@@ -202,7 +203,8 @@ def make_worker(backends: Sequence[RQBackend] | None = None, *, queues: Sequence
         if other.connection.connection_pool.connection_kwargs != kwargs:
             raise SystemExit('the loaded applications use different Redis servers: '
                              'start one worker command per application')
-    names = list(queues) or list(dict.fromkeys(b.queue_name for b in backends))
+    names = list(queues) or list(dict.fromkeys(
+        name for b in backends for name in queue_names(b.queue_name)))  # highest first
     rq_queues = [Queue(n, connection=connection) for n in names]
     heartbeat = min(b.heartbeat_interval for b in backends)
     worker: TGWorker | TGSimpleWorker
@@ -235,8 +237,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_option: bool = False) 
     parser.add_argument('-n', '--app-name', dest='app_name', metavar='NAME',
                         help='application section of the .ini file (default main)')
     parser.add_argument('-q', '--queue', dest='queues', action='append', default=[],
-                        metavar='NAME', help='RQ queue to listen on (repeatable; default '
-                        'asyncjob.backend.queue_name)')
+                        metavar='NAME', help='RQ queue to listen on (repeatable, taken in '
+                        'this order; default asyncjob.backend.queue_name and its priority '
+                        'queues: NAME:high, NAME, NAME:low)')
     parser.add_argument('-b', '--burst', action='store_true',
                         help='run the queued jobs, then exit')
     parser.add_argument('--simple', action='store_true',

@@ -9,10 +9,11 @@ import logging
 import queue as stdqueue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import checks
 from .backends.base import Backend
+from .channel import PriorityChannel
 from .errors import QueueFull, QueueStopped
 from .job import Job, JobError, JobState
 
@@ -48,8 +49,13 @@ class WorkerPool(Backend):
 
     ``max_queue`` bounds the waiting jobs (0: unbounded); a full queue makes
     :meth:`enqueue` wait ``put_timeout`` seconds (``None``: as long as it takes),
-    then raise :class:`QueueFull`.
+    then raise :class:`QueueFull`. Waiting jobs run highest ``priority`` first, in
+    arrival order within a priority (:mod:`.channel`); ``unique_key`` is held by the
+    queue's tracker.
     """
+
+    supports_priority = True
+    supports_unique = True
 
     def __init__(self, runtime: Runtime, workers: int = 1, max_queue: int = 0,
                  put_timeout: float | None = 10.0):
@@ -68,8 +74,8 @@ class WorkerPool(Backend):
         self._watch = threading.Event()
         self.watch_interval = 1.0
 
-    def _new_channel(self) -> Any:
-        return stdqueue.Queue(self.max_queue) if self.max_queue else stdqueue.SimpleQueue()
+    def _new_channel(self) -> PriorityChannel:
+        return PriorityChannel(self.max_queue)
 
     def enqueue(self, job: Job) -> None:
         """Hand ``job`` to the threads. Raises :class:`QueueFull` when the bounded queue

@@ -110,6 +110,11 @@ class Backend:
         for option, flag in OPTION_FLAGS.items():
             if not getattr(self, flag) and getattr(options, option, None) is not None:
                 raise UnsupportedOption(f'{name} does not support {option}= ({flag} is False)')
+        store = self.runtime.store
+        if (getattr(options, 'unique_key', None) is not None
+                and not callable(getattr(store, 'track_unique', None))):
+            raise UnsupportedOption(f'the job store {type(store).__name__} cannot hold unique '
+                                    'keys (unique_key=): use the memory or Redis tracker')
 
     def enqueue(self, job: Job) -> None:
         """Hand over a due job, to be run (through ``runtime.execute``) as soon as a

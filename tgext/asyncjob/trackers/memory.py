@@ -45,6 +45,8 @@ class MemoryProgressTracker(ProgressTracker):
         self._finished: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._finished_bytes = 0
         self._lock = threading.Lock()
+        # unique key -> (holding job id, expiry on time.monotonic() or None)
+        self._keys: dict[str, tuple[str, float | None]] = {}
         reset_in_child(self, '_after_fork')
 
     def _after_fork(self) -> None:
@@ -59,12 +61,33 @@ class MemoryProgressTracker(ProgressTracker):
                 'that process runs it and knows how it ends'))
             self._keep_finished(entryid, record, now)
         self._live = {}
+        self._keys = {}  # their holders are the parent's jobs
 
     def track(self, entryid: str, record: dict[str, Any] | None = None) -> None:
         """Start tracking a queued job. ``record`` is kept as is, not copied."""
         record = record if record is not None else {'state': 'queued'}
         with self._lock:
             self._live[entryid] = record
+
+    def track_unique(self, entryid: str, record: dict[str, Any], key: str,
+                     unique_for: float | None) -> str | None:
+        """:meth:`track` unless a queued or running job holds ``key`` (for at most
+        ``unique_for`` s): then that job's id. One lock makes it atomic, in this
+        process only."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._keys.get(key)
+            if held is not None and held[0] in self._live and (held[1] is None or held[1] > now):
+                return held[0]
+            self._keys[key] = (entryid, None if unique_for is None else now + unique_for)
+            self._live[entryid] = record
+        return None
+
+    def release_unique(self, entryid: str, key: str) -> None:
+        """Let ``key`` go if ``entryid`` still holds it (its job has ended)."""
+        with self._lock:
+            if self._keys.get(key, ('',))[0] == entryid:
+                del self._keys[key]
 
     def remove(self, entryid: str) -> None:
         """Forget a job, live or finished."""

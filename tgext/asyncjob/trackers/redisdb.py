@@ -59,6 +59,34 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# track() unless a live job holds a unique key. KEYS[1]: the key's string, KEYS[2]: the
+# new job's hash, KEYS[3]: the recent index, KEYS[4]: its state's index; ARGV[1]: the new job's id, ARGV[2]: the
+# key's ttl in ms (0: none), ARGV[3]: the record's ttl, ARGV[4]: its score, ARGV[5]: the
+# prefix of job hashes; then field, value pairs. The holder is live while its record
+# says queued or running; a record gone (expired) or finished lets the key go. The key
+# and the record are written together, so a holder always has a record. Returns the
+# holder's id, or false once the key and record are written.
+_TRACK_UNIQUE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local state = redis.call('HGET', ARGV[5] .. holder, 'state')
+  if state == 'queued' or state == 'running' then return holder end
+end
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return false
+"""
+
+# Delete KEYS[1] if it still names the job ARGV[1].
+_RELEASE_UNIQUE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 # Delete a finished record and its index entries. KEYS[1]: the hash, KEYS[2]: the
 # recent index; ARGV[1]: the state sets' prefix, ARGV[2]: the id. Returns 1 if deleted.
 _DELETE_IF_FINISHED = """
@@ -316,6 +344,32 @@ class RedisProgressTracker(ProgressTracker):
             pipe.zadd(recent, {entryid: score})
             pipe.zadd(by_state, {entryid: score})
         self._send_batch([write])
+
+    def _unique_key(self, key: str) -> str:
+        return f'{self.prefix}unique:{key}'
+
+    def track_unique(self, entryid: str, record: dict[str, Any], key: str,
+                     unique_for: float | None) -> str | None:
+        """:meth:`track` unless a queued or running job holds ``key`` (for at most
+        ``unique_for`` s): then that job's id. One Lua script, so atomic for every
+        process on this Redis (a single server: the script reads the holder's record,
+        a key it is not given)."""
+        job_key = self._require_key(entryid)
+        score = record.get('enqueued_at') or time.time()
+        args: list[str | int | float] = [
+            entryid, 0 if unique_for is None else max(int(unique_for * 1000), 1),
+            self.timeout, score, f'{self.prefix}job:']
+        for name, value in self._encode(record).items():
+            args += [name, value]
+        by_state = self._states + str(record.get('state', 'queued'))
+        holder = self._execute(lambda: self.redis.eval(
+            _TRACK_UNIQUE, 4, self._unique_key(key), job_key, self._recent, by_state, *args))
+        return holder.decode() if holder else None
+
+    def release_unique(self, entryid: str, key: str) -> None:
+        """Let ``key`` go if ``entryid`` still holds it (after its final write)."""
+        unique_key = self._unique_key(key)
+        self._send_later(lambda pipe: pipe.eval(_RELEASE_UNIQUE, 1, unique_key, entryid))
 
     def remove(self, entryid: str) -> None:
         """Forget a job (after its writes still buffered)."""

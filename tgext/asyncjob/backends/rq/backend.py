@@ -23,6 +23,7 @@ from ...job import Job, JobState
 from ..base import Backend
 from .calls import (ON_FAILURE, RUNNER, THREADS_HINT, callable_path, cancel_key, claim_key,
                     is_our_id, job_from_rq, rq_job_id, runner_call)
+from .priorities import queue_for, queue_names
 from .runs import BACKENDS, ONCE_TTL
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class RQBackend(Backend):
     supports_retry = True  # each retry is an RQ scheduled job too
     supports_cancel_running = True  # a key in Redis that asyncjob_cancelled() reads
     supports_on_commit = True
+    supports_unique = True  # held in the Redis tracker the records go to
+    supports_priority = True  # three RQ queues, see .priorities
 
     def __init__(self, runtime: Runtime, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,
@@ -115,9 +118,13 @@ class RQBackend(Backend):
         self.job_timeout = _as_int(job_timeout) or -1
         self.ttl = _as_int(ttl)
         self.rq_queue = RQQueue(self.queue_name, connection=self.connection)
+        #: The RQ queues of the priority bands (:mod:`.priorities`), highest first.
+        self.rq_queues = {name: RQQueue(name, connection=self.connection)
+                          for name in queue_names(self.queue_name)}
         self._cleaner: threading.Thread | None = None
         self._cleaner_stop = threading.Event()
-        BACKENDS[self.queue_name] = self
+        for name in self.rq_queues:
+            BACKENDS[name] = self
 
     @property
     def description(self) -> str:
@@ -168,8 +175,8 @@ class RQBackend(Backend):
 
     def enqueue(self, job: Job) -> None:
         """Put the next run of ``job`` on the RQ queue."""
-        self.rq_queue.enqueue_call(RUNNER, timeout=self.job_timeout, ttl=self.ttl,
-                                   **self._rq_options(job))
+        self._rq_queue_of(job).enqueue_call(RUNNER, timeout=self.job_timeout, ttl=self.ttl,
+                                            **self._rq_options(job))
 
     def schedule(self, job: Job, eta: float) -> None:
         """Put the next run of ``job`` in RQ's scheduled jobs, due at ``eta``: RQ's
@@ -183,8 +190,12 @@ class RQBackend(Backend):
         when = datetime.datetime.fromtimestamp(math.ceil(eta), datetime.timezone.utc)
         # ``ttl`` counts from when the job is due, not from now.
         ttl = None if self.ttl is None else self.ttl + max(math.ceil(eta - time.time()), 0)
-        self.rq_queue.enqueue_at(when, RUNNER, job_timeout=self.job_timeout, ttl=ttl,
-                                 **self._rq_options(job))
+        self._rq_queue_of(job).enqueue_at(when, RUNNER, job_timeout=self.job_timeout,
+                                          ttl=ttl, **self._rq_options(job))
+
+    def _rq_queue_of(self, job: Job) -> RQQueue:
+        return self.rq_queues[queue_for(self.queue_name,
+                                        getattr(job.options, 'priority', None))]
 
     def _rq_options(self, job: Job) -> dict[str, Any]:
         return dict(runner_call(job), result_ttl=0, failure_ttl=None,
@@ -245,9 +256,9 @@ class RQBackend(Backend):
         """Run RQ's own abandoned-job detection on the queue once: RQ fails each running
         job whose worker sent no heartbeat for ``abandoned_after`` seconds and calls its
         failure callback, which records it (:func:`~.runs.job_died`)."""
-        registry = StartedJobRegistry(self.queue_name, connection=self.connection,
-                                      death_penalty_class=_NoTimeLimit)
-        registry.cleanup()
+        for name in self.rq_queues:
+            StartedJobRegistry(name, connection=self.connection,
+                               death_penalty_class=_NoTimeLimit).cleanup()
 
     def stop(self, timeout: float) -> list[str]:
         """Nothing to drain: queued jobs stay in Redis for the workers."""

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from ... import importpath
 from ...importpath import THREADS_HINT, import_callable
 from ...job import Job, is_job_id
+from ...options import JobOptions
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
 RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
@@ -59,15 +60,18 @@ def runner_call(job: Job) -> dict[str, Any]:
     ``job`` (whose callable ``validate`` accepted)."""
     path = callable_path(job.func)
     job.name = path.replace(':', '.')
-    return dict(args=(path, job.args, job.kwargs),
-                kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry,
-                            meta=job.meta),
+    kwargs = dict(jobid=job.id, attempt=job.attempt, retry=job.retry, meta=job.meta)
+    priority = getattr(job.options, 'priority', None)
+    if priority:  # its retries go to the same band (absent: the payload of before)
+        kwargs['priority'] = priority
+    return dict(args=(path, job.args, job.kwargs), kwargs=kwargs,
                 job_id=rq_job_id(job.id, job.attempt), description=job.name)
 
 
 def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
            attempt: int = 0, retry: Any = None, meta: dict[str, Any] | None = None,
-           job_class: type[Job] = Job) -> tuple[Job, Exception | None]:
+           job_class: type[Job] = Job,
+           priority: int | None = None) -> tuple[Job, Exception | None]:
     """Our job named by an RQ job's arguments (``attempt``: the runs made before), and
     why its callable cannot be imported here: then the job has a placeholder callable,
     :func:`not_importable`, and keeps its real name."""
@@ -76,7 +80,9 @@ def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
         func = import_callable(path)
     except Exception as exc:
         func, error = not_importable, exc
-    job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta)
+    options = JobOptions(priority=priority) if priority else None
+    job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta,
+                    options=options)
     job.name = path.replace(':', '.')
     job.attempt = attempt
     return job, error
@@ -88,7 +94,8 @@ def job_from_rq(rq_job: Any, job_class: type[Job] = Job) -> Job:
     options = rq_job.kwargs
     return job_of(path, args, kwargs, jobid=options.get('jobid') or rq_job.id,
                   attempt=int(options.get('attempt') or 0), retry=options.get('retry'),
-                  meta=options.get('meta'), job_class=job_class)[0]
+                  meta=options.get('meta'), job_class=job_class,
+                  priority=options.get('priority'))[0]
 
 
 def not_importable() -> None:

@@ -28,7 +28,7 @@ from tg.support.converters import asbool
 from ...job import Job, JobError, JobState
 from ...retry import policy_for
 from ..base import Backend
-from . import codec, transitions
+from . import codec, transitions, uniquekeys
 from .claims import claim, claim_by_id, next_run_at
 from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
@@ -93,6 +93,8 @@ class SQLAlchemyBackend(Backend):
     supports_cancel_running = True  # from any process: see cancel()
     supports_on_commit = True  # moot: the insert itself joins the transaction
     transactional_enqueue = True
+    supports_priority = True  # the claim takes priority DESC, run_at
+    supports_unique = True  # asyncjob_unique_keys, see .uniquekeys
 
     def __init__(self, runtime: Runtime, url: str | None = None, *, workers: int = 1,
                  immediate: bool = False, in_process: Any = True, create_tables: Any = True,
@@ -178,15 +180,57 @@ class SQLAlchemyBackend(Backend):
             row['meta'] = codec.dumps(job.meta)  # TypeError: the caller is told
         self.insert(row)
 
-    def insert(self, row: dict[str, Any]) -> None:
+    def insert(self, row: dict[str, Any], expires_at: float | None = None) -> str | None:
         """Insert a job's row (see :meth:`write_with_request`). :class:`JobNotStored`
-        if the database refuses."""
+        if the database refuses.
+
+        A row with a ``unique_key`` takes the key first, in the same transaction
+        (held until ``expires_at`` at most, see :mod:`.uniquekeys`); if a live job
+        holds it, nothing is inserted and that job's id is returned. On another
+        database the key is taken at once, alone, and let go if the transaction aborts.
+        """
         stmt = insert_statement(self.engines.dialect)
+        what = f'job {row["id"]} ({row["name"]})'
         try:
-            self.write_with_request(stmt, row, f'job {row["id"]} ({row["name"]})')
+            if row.get('unique_key') is None:
+                self.write_with_request(stmt, row, what)
+                return None
+            return self._insert_unique(stmt, row, what, expires_at)
         except SQLAlchemyError as exc:
             raise JobNotStored(f'asyncjob: job {row["id"]} ({row["name"]}) could not be '
                                f'stored in the database, nothing was queued: {exc}') from exc
+
+    def _insert_unique(self, stmt: Any, row: dict[str, Any], what: str,
+                       expires_at: float | None) -> str | None:
+        # write_with_request's three ways, the key taken first.
+        txn = None if self.immediate else _open_transaction()
+        session = self._app_session() if txn is not None else None
+        if session is not None and txn is not None:
+            from zope.sqlalchemy import mark_changed
+            holder = self._hold_key(session, row, expires_at)
+            if holder is None:
+                session.execute(stmt, row)
+            mark_changed(session)
+            txn.addAfterCommitHook(self._wake_after_commit)
+            return holder
+        if txn is not None:
+            holder = retry_disconnect(lambda: self._hold_key_alone(row, expires_at))
+            if holder is None:
+                txn.addAfterCommitHook(self._write_after_commit, (stmt, row, what))
+            return holder
+        holder = retry_disconnect(lambda: self._execute_alone(stmt, row, expires_at))
+        self.wake.set()
+        return holder
+
+    def _hold_key(self, conn: Any, row: dict[str, Any], expires_at: float | None) -> str | None:
+        if row.get('unique_key') is None:
+            return None
+        return uniquekeys.hold(conn, self.engines.dialect, row['unique_key'], row['id'],
+                               expires_at, time.time())
+
+    def _hold_key_alone(self, row: dict[str, Any], expires_at: float | None) -> str | None:
+        with self.engines.writing() as conn:
+            return self._hold_key(conn, row, expires_at)
 
     def write_with_request(self, stmt: Any, params: dict[str, Any], what: str) -> None:
         """Execute ``stmt``. Inside a transaction, through the application's session
@@ -220,9 +264,13 @@ class SQLAlchemyBackend(Backend):
         if eta <= time.time() + self.poll_interval:
             self.wake.set()
 
-    def _execute_alone(self, stmt: Any, row: dict[str, Any]) -> None:
+    def _execute_alone(self, stmt: Any, row: dict[str, Any],
+                       expires_at: float | None = None) -> str | None:
         with self.engines.writing() as conn:
-            conn.execute(stmt, row)
+            holder = self._hold_key(conn, row, expires_at)  # after a commit: its own key
+            if holder is None:
+                conn.execute(stmt, row)
+        return holder
 
     def _app_session(self) -> Any:
         """The application's session (``DBSession``) if it is on the jobs database."""
@@ -248,6 +296,8 @@ class SQLAlchemyBackend(Backend):
         # asyncjob.backend.url is another database: written once the request's
         # transaction has committed (never for one that aborted).
         if not committed:
+            if params.get('unique_key') is not None:
+                self._let_go_key(params)
             return
         try:
             retry_disconnect(lambda: self._execute_alone(stmt, params))
@@ -256,6 +306,14 @@ class SQLAlchemyBackend(Backend):
                           'stored', what)
             return
         self.wake.set()
+
+    def _let_go_key(self, row: dict[str, Any]) -> None:
+        try:
+            with self.engines.writing() as conn:
+                uniquekeys.let_go(conn, row['unique_key'], row['id'])
+        except SQLAlchemyError:
+            log.exception('asyncjob %s: could not let its unique key go (it expires, or '
+                          'is taken over once the key is stale)', row['id'])
 
     def live_workers(self) -> list[str]:
         """Workers (``asyncjob_workers`` rows) whose heartbeat is younger than

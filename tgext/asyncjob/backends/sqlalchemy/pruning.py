@@ -9,6 +9,7 @@ from .engine import Engines
 from .leases import acquire
 from .schema import jobs
 from .transitions import FINAL_STATES
+from .uniquekeys import forget_jobs
 
 #: Rows deleted per transaction.
 BATCH = 1000
@@ -31,9 +32,13 @@ def delete_finished_before(engines: Engines, cutoff: float, batch: int = BATCH) 
         with engines.writing() as conn:
             # Ids first, then DELETE by primary key: MySQL refuses a LIMIT in an IN
             # subquery of the table being deleted from.
-            ids = list(conn.execute(
-                select(jobs.c.id).where(jobs.c.state.in_(FINAL_STATES),
-                                        jobs.c.finished_at < cutoff).limit(batch)).scalars())
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.unique_key).where(
+                    jobs.c.state.in_(FINAL_STATES), jobs.c.finished_at < cutoff).limit(batch)).all()
+            ids = [row.id for row in rows]
+            keyed = [row.id for row in rows if row.unique_key is not None]
+            if keyed:  # their keys are stale already; the rows go with their jobs
+                forget_jobs(conn, keyed)
             if ids:
                 conn.execute(delete(jobs).where(jobs.c.id.in_(ids),
                                                 jobs.c.state.in_(FINAL_STATES)))

@@ -29,13 +29,14 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
         'meta': codec.dumps(meta) if meta else None, 'state': 'queued',
         'priority': int(getattr(options, 'priority', 0) or 0), 'run_at': run_at,
         'enqueued_at': job.enqueued_at, 'attempt': job.attempt, 'cancel_requested': False,
-        'retry_of': None,
+        'retry_of': None, 'unique_key': getattr(options, 'unique_key', None),
     }
 
 
 #: The columns :func:`job_row` fills.
 ROW_COLUMNS = ('id', 'queue', 'func', 'name', 'args', 'kwargs', 'retry', 'meta', 'state',
-               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested', 'retry_of')
+               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested', 'retry_of',
+               'unique_key')
 
 
 @functools.lru_cache(maxsize=None)

@@ -45,7 +45,7 @@ jobs = Table(
     Column('result', Document),  # JSON
     Column('error', Document),  # JSON: type, message, traceback
     Column('detail', Document),
-    # Room for issue 13's options; nothing reads them yet.
+    # Issue 13's options (unique_key: the key it was queued with, for the pages).
     Column('unique_key', String(255)),
     Column('concurrency_key', String(255)),
     Column('time_limit', Double),
@@ -62,6 +62,19 @@ jobs = Table(
 # ORDER BY priority DESC, run_at. The index walks exactly that order.
 Index('ix_asyncjob_jobs_claim', jobs.c.state, jobs.c.queue, jobs.c.priority.desc(),
       jobs.c.run_at)
+
+#: Unique keys held (``asyncjob_options(unique_key=...)``): at most one row per key, so
+#: the primary key makes taking one atomic between transactions on every dialect. A
+#: row holds its key while its job is queued or running and ``expires_at`` (``NULL``:
+#: never) has not passed: a finished job lets its key go in the transaction that
+#: records its end (see :mod:`.uniquekeys`).
+unique_keys = Table(
+    'asyncjob_unique_keys', metadata,
+    Column('unique_key', String(255), primary_key=True),
+    Column('job_id', String(32), nullable=False),
+    Column('expires_at', Double),
+    Index('ix_asyncjob_unique_keys_job', 'job_id'),  # pruning
+)
 
 #: One row per live worker process, its heartbeat renewing its lease.
 workers = Table(

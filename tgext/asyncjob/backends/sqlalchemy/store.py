@@ -23,6 +23,7 @@ from .rows import RECORD_COLUMNS, record_of
 from .engine import retry_disconnect
 from .runner import MAX_BACKOFF
 from .schema import jobs
+from .uniquekeys import forget_jobs
 
 if TYPE_CHECKING:
     from .backend import SQLAlchemyBackend
@@ -103,6 +104,19 @@ class SQLJobStore:
         row = self.backend.pending_row(entryid)
         if row is not None and record and record.get('retry_of'):
             row['retry_of'] = record['retry_of']
+
+    def track_unique(self, entryid: str, record: dict[str, Any], key: str,
+                     unique_for: float | None) -> str | None:
+        """Insert the job's row now, taking ``key`` in the same transaction (see
+        :mod:`.uniquekeys`); the id of the live job holding it instead, if one does.
+        The key needs no release: the job's final state makes it stale. The answer
+        needs the INSERT, so it comes before the ``on_enqueued`` hooks: meta they add
+        is not in a unique job's row."""
+        row = self.backend.take_row(entryid)
+        if row is None:
+            return None
+        row['unique_key'] = key
+        return self.backend.insert(row, None if unique_for is None else time.time() + unique_for)
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """A retry (running → queued at ``fields['eta']``). 'running' was written by
@@ -203,6 +217,8 @@ class SQLJobStore:
         with self.backend.engines.writing() as conn:
             done = conn.execute(delete(jobs).where(
                 jobs.c.id == entryid, jobs.c.state.in_(transitions.FINAL_STATES)))
+            if done.rowcount:  # a key it held would look held by a live job forever
+                forget_jobs(conn, [entryid])
         return bool(done.rowcount)
 
     def purge_finished(self, older_than: float) -> int:
