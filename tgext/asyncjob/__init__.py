@@ -10,15 +10,17 @@ from typing import Any, Callable
 
 from .database import asyncjob_timed_query
 from .errors import (AlreadyStarted, AsyncJobError, JobFailed, NoWorkerError, NotInJobError,
-                     QueueFull, QueueStopped, TrackerUnavailable, UnsupportedOption,
-                     WorkerDied)
+                     QueueFull, QueueStopped, TimeLimitExceeded, TrackerUnavailable,
+                     UnsupportedOption, WorkerDied)
 from .job import JobError, JobState, JobStatus
+from .concurrency import check_concurrency
 from .context import running_job, running_queue
 from .options import JobOptions
 from .periodic import asyncjob_periodic
 from .queue import JobQueue, eta_of
 from .retry import Retry, require_retry, retry
 from .tgwiring import current_queue, plugme, start_async_worker, stop_all
+from .timelimits import check_time_limit
 
 __all__ = [
     'asyncjob_perform', 'asyncjob_set_progress', 'asyncjob_get_progress',
@@ -28,6 +30,7 @@ __all__ = [
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
     'JobFailed', 'UnsupportedOption', 'WorkerDied', 'asyncjob_periodic',
+    'TimeLimitExceeded',
 ]
 
 
@@ -41,16 +44,25 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
 
 def asyncjob_options(*, delay: float | None = None, at: Any = None,
-                     on_commit: bool | None = None, retry: Retry | None = None) -> JobOptions:
+                     on_commit: bool | None = None, retry: Retry | None = None,
+                     concurrency_key: str | None = None, concurrency_limit: int | None = None,
+                     time_limit: float | None = None) -> JobOptions:
     """Options for one job: ``asyncjob_options(delay=30).perform(fn, *args, **kwargs)``.
 
     ``delay``: seconds to wait before starting; ``at``: a datetime or epoch seconds;
     ``on_commit``: hand the job to the worker only once the current transaction commits
-    (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy.
+    (dropped, state cancelled, if it aborts); ``retry``: a :class:`Retry` policy;
+    ``concurrency_key`` with ``concurrency_limit``: at most that many jobs of the key
+    run at once, the others wait in order; ``time_limit``: seconds the job may run
+    (README "Concurrency limits", "Time limits"). Checked here; what the backend cannot
+    honour raises :class:`UnsupportedOption` at ``perform``.
     """
     require_retry(retry)
     eta_of(delay, at, time.time())  # the same checks perform() makes, here at the call site
-    return JobOptions(delay, at, on_commit, retry)
+    check_concurrency(concurrency_key, concurrency_limit)
+    return JobOptions(delay, at, on_commit, retry, concurrency_key=concurrency_key,
+                      concurrency_limit=concurrency_limit,
+                      time_limit=check_time_limit(time_limit))
 
 
 def asyncjob_set_progress(value: int, data: Any = None) -> None:

@@ -20,10 +20,17 @@ class JobOptions:
     at: Any = None
     on_commit: bool | None = None
     retry: Retry | None = None
+    # -- issue 13, concurrency and time limits (see concurrency.py, timelimits.py) --
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    time_limit: float | None = None
 
     def perform(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         """:func:`~tgext.asyncjob.asyncjob_perform` with these options; returns the job
         id at once."""
         from . import current_queue
         return current_queue().perform(callable, args, kwargs, delay=self.delay, at=self.at,
-                                       on_commit=self.on_commit, retry=self.retry)
+                                       on_commit=self.on_commit, retry=self.retry,
+                                       concurrency_key=self.concurrency_key,
+                                       concurrency_limit=self.concurrency_limit,
+                                       time_limit=self.time_limit)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from . import checks
 from .backends.base import Backend
+from .concurrency import check_concurrency
 from .context import running_job
 from .errors import NotInJobError, QueueFull, QueueStopped
 from .execution import Runtime
@@ -28,6 +29,7 @@ from .job import Job, JobError, JobState, JobStatus
 from .lifecycle import Lifecycle
 from .options import JobOptions
 from .retry import Retry, require_retry
+from .timelimits import check_time_limit
 from .trackers.base import as_store, check_progress_value
 
 log = logging.getLogger('tgext.asyncjob')
@@ -97,7 +99,7 @@ class JobQueue:
                  immediate: bool = False, conf: Mapping[str, Any] | None = None,
                  hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0,
                  backend: Any = None, backend_options: dict[str, Any] | None = None,
-                 enqueue_on_commit: bool = False):
+                 enqueue_on_commit: bool = False, time_limit: float | None = None):
         if tracker is None:
             from .trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
@@ -111,7 +113,9 @@ class JobQueue:
         self.conf = conf
         self.hooks = Hooks(hooks)
         self.enqueue_on_commit = bool(enqueue_on_commit)
-        self._default_options = JobOptions(on_commit=self.enqueue_on_commit)
+        self.time_limit = check_time_limit(time_limit)
+        self._default_options = JobOptions(on_commit=self.enqueue_on_commit,
+                                           time_limit=self.time_limit)
         self.lifecycle = Lifecycle(as_store(tracker), self.hooks)
         self.runtime = Runtime(self, self.lifecycle, conf=conf, attempts=self.attempts,
                                stopping=lambda: self._stopped)
@@ -120,6 +124,10 @@ class JobQueue:
         self._waiting_commit: set[str] = set()
         self.backend = self._make_backend(backend, backend_options or {})
         self.runtime.backend = self.backend
+        if self.time_limit is not None and not self.backend.supports_time_limit:
+            from .errors import UnsupportedOption
+            raise UnsupportedOption(f'asyncjob.time_limit is set, but the backend '
+                                    f'{type(self.backend).__name__} has no time limits')
         own_store = self.backend.own_store()
         if own_store is not None:
             self.lifecycle.store = own_store
@@ -162,12 +170,16 @@ class JobQueue:
     def perform(self, func: Callable[..., Any], args: tuple = (),
                 kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
                 at: Any = None, on_commit: bool | None = None,
-                retry: Retry | None = None) -> str:
+                retry: Retry | None = None, concurrency_key: str | None = None,
+                concurrency_limit: int | None = None,
+                time_limit: float | None = None) -> str:
         """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
 
         ``delay`` (seconds) or ``at`` (a datetime or epoch seconds) hold the job until
         then; ``on_commit`` hands it over only when the current transaction commits
-        (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`.
+        (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`;
+        ``concurrency_key``/``concurrency_limit`` and ``time_limit`` (default: the
+        queue's ``time_limit``) as for ``asyncjob_options``.
         Every check (these values, the callable, what the backend can honour) is made
         here, before anything is stored.
         """
@@ -175,12 +187,19 @@ class JobQueue:
         if self._stopped:
             raise QueueStopped('the asyncjob queue was stopped: it accepts no more jobs')
         require_retry(retry)
+        check_concurrency(concurrency_key, concurrency_limit)
+        time_limit = check_time_limit(time_limit)
+        if time_limit is None:
+            time_limit = self.time_limit
         if on_commit is None:
             on_commit = self.enqueue_on_commit
-        if delay is None and at is None and retry is None and on_commit == self.enqueue_on_commit:
+        if (delay is None and at is None and retry is None and concurrency_key is None
+                and time_limit == self.time_limit and on_commit == self.enqueue_on_commit):
             options = self._default_options  # the common case: one shared, immutable object
         else:
-            options = JobOptions(delay, at, bool(on_commit), retry)
+            options = JobOptions(delay, at, bool(on_commit), retry,
+                                 concurrency_key=concurrency_key,
+                                 concurrency_limit=concurrency_limit, time_limit=time_limit)
         job = Job(func, args, kwargs or {}, retry=retry, options=options)
         job.eta = eta_of(delay, at, job.enqueued_at)
         self.backend.validate(job)

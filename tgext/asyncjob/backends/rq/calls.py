@@ -13,6 +13,8 @@ from typing import Any, Callable
 from ... import importpath
 from ...importpath import THREADS_HINT, import_callable
 from ...job import Job, is_job_id
+from ...options import JobOptions
+from ...timelimits import time_limit_of
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
 RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
@@ -61,12 +63,19 @@ def runner_call(job: Job) -> dict[str, Any]:
     job.name = path.replace(':', '.')
     return dict(args=(path, job.args, job.kwargs),
                 kwargs=dict(jobid=job.id, attempt=job.attempt, retry=job.retry,
-                            meta=job.meta),
+                            meta=job.meta, **_limits(job)),
                 job_id=rq_job_id(job.id, job.attempt), description=job.name)
+
+
+def _limits(job: Job) -> dict[str, Any]:
+    # Carried to the worker only when set: the next run (a retry) is queued from there.
+    limit = time_limit_of(job)
+    return {} if limit is None else {'time_limit': limit}
 
 
 def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
            attempt: int = 0, retry: Any = None, meta: dict[str, Any] | None = None,
+           time_limit: float | None = None,
            job_class: type[Job] = Job) -> tuple[Job, Exception | None]:
     """Our job named by an RQ job's arguments (``attempt``: the runs made before), and
     why its callable cannot be imported here: then the job has a placeholder callable,
@@ -76,7 +85,9 @@ def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
         func = import_callable(path)
     except Exception as exc:
         func, error = not_importable, exc
-    job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta)
+    options = None if time_limit is None else JobOptions(time_limit=time_limit)
+    job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta,
+                    options=options)
     job.name = path.replace(':', '.')
     job.attempt = attempt
     return job, error
@@ -88,7 +99,8 @@ def job_from_rq(rq_job: Any, job_class: type[Job] = Job) -> Job:
     options = rq_job.kwargs
     return job_of(path, args, kwargs, jobid=options.get('jobid') or rq_job.id,
                   attempt=int(options.get('attempt') or 0), retry=options.get('retry'),
-                  meta=options.get('meta'), job_class=job_class)[0]
+                  meta=options.get('meta'), time_limit=options.get('time_limit'),
+                  job_class=job_class)[0]
 
 
 def not_importable() -> None:

@@ -26,6 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tg.support.converters import asbool
 
 from ...job import Job, JobError, JobState
+from ...options import JobOptions
+from ...timelimits import FLAG, INTERRUPT
 from ...retry import policy_for
 from ..base import Backend
 from . import codec, transitions
@@ -93,6 +95,10 @@ class SQLAlchemyBackend(Backend):
     supports_cancel_running = True  # from any process: see cancel()
     supports_on_commit = True  # moot: the insert itself joins the transaction
     transactional_enqueue = True
+    supports_concurrency_limit = True  # counted in the database: keyed.py
+    supports_time_limit = True
+    #: Web process threads: flagged; work() (a worker process): stopped.
+    time_limit_mode = FLAG
 
     def __init__(self, runtime: Runtime, url: str | None = None, *, workers: int = 1,
                  immediate: bool = False, in_process: Any = True, create_tables: Any = True,
@@ -299,6 +305,7 @@ class SQLAlchemyBackend(Backend):
             self._runner.release()
             self._runner = None
         self.closed = False
+        self.time_limit_mode = INTERRUPT  # this process is a worker: jobs are stopped
         runner = self._start_runner(threads, burst, queues)
         try:
             runner.run()
@@ -366,6 +373,8 @@ class SQLAlchemyBackend(Backend):
         finally:
             self.runs.pop(job.id, None)
             self.requeued.discard(job.id)
+            if row.get('concurrency_key') is not None:
+                self.wake.set()  # its slot is free: the next job of its key may be claimed
 
     def _job_of(self, row: dict[str, Any]) -> Job | None:
         """The :class:`Job` of a claimed row, ``queued`` in memory (the lifecycle's
@@ -375,7 +384,9 @@ class SQLAlchemyBackend(Backend):
             job = Job(self._completing(func, row['id'], row['attempt']),
                       tuple(codec.loads(row['args'])), codec.loads(row['kwargs']),
                       jobid=row['id'], retry=codec.load_retry(row['retry']),
-                      meta=codec.loads(row['meta']) or {})
+                      meta=codec.loads(row['meta']) or {},
+                      options=None if row.get('time_limit') is None else
+                      JobOptions(time_limit=row['time_limit']))
         except Exception as exc:
             log.error('asyncjob %s (%s) cannot run: %s', row['id'], row['name'], exc)
             stand_in = self._stand_in(row['id'], row['name'], JobState.RUNNING, row['attempt'])

@@ -49,10 +49,13 @@ jobs = Table(
     Column('unique_key', String(255)),
     Column('concurrency_key', String(255)),
     Column('time_limit', Double),
+    # Concurrency limits (keyed.py): at most this many running rows of concurrency_key.
+    Column('concurrency_limit', Integer),
     Index('ix_asyncjob_jobs_worker', 'worker_id'),  # rescue, cancel checks
     Index('ix_asyncjob_jobs_finished', 'state', 'finished_at'),  # retention
     Index('ix_asyncjob_jobs_enqueued', 'enqueued_at'),  # the jobs list, newest first
     Index('ix_asyncjob_jobs_unique', 'unique_key'),
+    Index('ix_asyncjob_jobs_concurrency', 'concurrency_key', 'state'),  # keyed claims
 )
 # The claim query: state = 'queued' AND queue IN (...) AND run_at <= now
 # ORDER BY priority DESC, run_at. The index walks exactly that order.
@@ -75,6 +78,14 @@ leases = Table(
     Column('name', String(64), primary_key=True),
     Column('holder', String(64), nullable=False),
     Column('expires_at', Double, nullable=False),
+)
+
+
+#: One row per concurrency key ever used: the row keyed claims lock (``FOR UPDATE``),
+#: so that claims of one key, in any process, are made one after the other.
+concurrency_keys = Table(
+    'asyncjob_concurrency_keys', metadata,
+    Column('concurrency_key', String(255), primary_key=True),
 )
 
 
