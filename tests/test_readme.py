@@ -103,6 +103,22 @@ def test_options_block(queue):
     wait_for(lambda: sorted(s.state.value for s in queue.recent(2)) == ['queued', 'succeeded'])
 
 
+def test_concurrency_limit_block(queue):
+    ns = run(block_with("asyncjob_options(concurrency_key='user:42'"))
+    first, second = (queue.wait(ns[name], 30) for name in ('first', 'second'))
+    assert (first.result, second.result) == ('index of user 42 rebuilt',) * 2
+    assert second.started_at >= first.finished_at
+
+
+def test_time_limit_block(queue):
+    ns = run(block_with('asyncjob_options(time_limit=30)'))
+    [status] = [s for s in queue.recent(1)]
+    assert queue.wait(status.id, 30).result == 1000
+    # Over its limit: the loop sees the flag and stops; the job is recorded failed.
+    over = queue.wait(queue.perform(ns['crunch'], (10 ** 12,), time_limit=0.2), 30)
+    assert (over.state.value, over.error.type) == ('failed', 'TimeLimitExceeded')
+
+
 @pytest.mark.parametrize('marker', ['asyncjob_options(on_commit=True).perform(async_query',
                                     'asyncjob_timed_query(DBSession'])
 def test_database_blocks(make_app, db_url, marker):
@@ -160,7 +176,8 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progre
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker', '@asyncjob_periodic(']
+            'class MyProgressTracker', '@asyncjob_periodic(',
+            "asyncjob_options(concurrency_key='user:42'", 'asyncjob_options(time_limit=30)']
 
 
 def test_periodic_block(monkeypatch):

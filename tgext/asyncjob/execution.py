@@ -94,7 +94,8 @@ class Runtime:
         enter_job(self._owner, job)
         try:
             try:
-                call, args = invoke, (job.func, job.args, job.kwargs)
+                call: Callable[..., Any] = invoke
+                args: tuple[Any, ...] = (job.func, job.args, job.kwargs)
                 limited = timelimits.bound(job, self.time_limit_mode)
                 if limited is not None:  # raises TimeLimitExceeded inside the transaction
                     call, args = limited.call, (invoke, *args)

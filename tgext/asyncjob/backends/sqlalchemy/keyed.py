@@ -104,7 +104,7 @@ def _take(conn: Connection, key: str, queues: Sequence[str], now: float, limit: 
         .with_for_update())]
     busy = sum(1 for row in live if row['state'] == 'running')
     names = set(queues)
-    chosen = []
+    chosen: list[dict[str, Any]] = []
     for row in live:
         if len(chosen) >= limit or busy >= (row['concurrency_limit'] or 1):
             break
