@@ -22,6 +22,7 @@ from sampleapp.controllers.root import RootController, db_session
 from services import wait_for
 from test_rq import rq_app, rq_redis_url, rq_setup, workers  # noqa: F401 - fixtures
 from test_worker_processes import mariadb, pg, status, wait_state  # noqa: F401 - fixtures
+from test_sqlalchemy_backend import add_row, mariadb_url, queue_of, sql_app, url  # noqa: F401
 
 WAIT = 60
 
@@ -207,6 +208,37 @@ def test_threads_time_limit_flags_the_job_and_fails_it(make_app, sqlite_db_url):
     assert status.error.type == 'TimeLimitExceeded'
     assert 'time limit of 0.3 s' in status.error.message
     assert db_session().query(model.Row).filter_by(name='looped').count() == 0  # rolled back
+
+
+# ------------------------------------------------------------- sqlalchemy
+
+
+def test_sqlalchemy_a_rescued_job_frees_its_slot(make_app, url):  # noqa: F811
+    from tgext.asyncjob.backends.sqlalchemy import claims
+    app = sql_app(make_app, url, in_process='false', lease_timeout='0.5')
+    q = queue_of(app)
+    backend = q.backend
+    keyed = dict(concurrency_key='rescued', concurrency_limit=1)
+    a = q.perform(add_row, ('a',), **keyed)
+    b = q.perform(add_row, ('b',), **keyed)
+    taken = claims.claim(backend.engines, 'a-worker-that-dies', ['default'], time.time(), 5)
+    assert [r['id'] for r in taken] == [a]
+    assert backend._claim(['default'], 5) == []  # b waits for a's slot
+    wait_for(lambda: backend.rescue() == [a], timeout=WAIT, message='a was never rescued')
+    assert q.get_status(a).error.type == 'WorkerDied'
+    assert [r['id'] for r in backend._claim(['default'], 5)] == [b]
+
+
+def test_sqlalchemy_keys_in_order_and_other_jobs_are_not_held_up(make_app, url):  # noqa: F811
+    app = sql_app(make_app, url, in_process='false')
+    q = queue_of(app)
+    backend = q.backend
+    keyed = dict(concurrency_key='ordered', concurrency_limit=2)
+    ids = [q.perform(add_row, ('k%d' % n,), **keyed) for n in range(4)]
+    free = q.perform(add_row, ('free',))
+    first = [r['id'] for r in backend._claim(['default'], 10)]
+    assert first == ids[:2] + [free]  # two of the key, in order, and the unkeyed one
+    assert backend._claim(['default'], 10) == []
 
 
 # ------------------------------------------------------------- sqlalchemy, processes

@@ -40,7 +40,9 @@ class WorkerThread(threading.Thread):
             if self.pool.discarding:
                 continue  # stop() gave up waiting: it reports the jobs left
             slots = self.pool.slots
-            while job is not None and slots.admit(job):  # else set aside, thread freed
+            # Set aside if over its key's limit (the thread is free for others); the
+            # next of its key comes back from release(), unless stop() gave up.
+            while job is not None and not self.pool.discarding and slots.admit(job):
                 self.current = job
                 self.pool.runtime.execute(job)  # returns at once for a job cancelled or dropped meanwhile
                 self.current = None

@@ -34,6 +34,7 @@ from . import codec, transitions
 from .claims import claim, claim_by_id, next_run_at
 from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
+from .keyed import announce_free_slot
 from .leases import beat, bury, new_worker_id, orphans, retire
 from .monitor import Duty, Monitor
 from .notify import Listener
@@ -374,7 +375,16 @@ class SQLAlchemyBackend(Backend):
             self.runs.pop(job.id, None)
             self.requeued.discard(job.id)
             if row.get('concurrency_key') is not None:
-                self.wake.set()  # its slot is free: the next job of its key may be claimed
+                self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        # A keyed job ended: the next job of its key may be claimed, here and elsewhere.
+        self.wake.set()
+        if self.listens:
+            try:
+                announce_free_slot(self.engines, self.queue_name)
+            except SQLAlchemyError as exc:  # the others claim it at their next poll
+                log.warning('asyncjob: could not wake the other workers: %s', exc)
 
     def _job_of(self, row: dict[str, Any]) -> Job | None:
         """The :class:`Job` of a claimed row, ``queued`` in memory (the lifecycle's

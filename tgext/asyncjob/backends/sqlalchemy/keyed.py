@@ -123,6 +123,16 @@ def _take(conn: Connection, key: str, queues: Sequence[str], now: float, limit: 
     return chosen
 
 
+def announce_free_slot(engines: Engines, queue: str) -> None:
+    """On PostgreSQL, wake every listening worker (``NOTIFY``): a keyed job ended, so
+    the next of its key may be claimed now rather than at the next poll."""
+    if engines.dialect != 'postgresql':
+        return
+    from .rows import CHANNEL
+    with engines.writing() as conn:
+        conn.execute(select(func.pg_notify(CHANNEL, queue)))
+
+
 def _lock_key(conn: Connection, key: str) -> bool:
     """Lock the key's row (waits for another claim of the key to commit); False if
     the row is missing."""
