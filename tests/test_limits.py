@@ -210,6 +210,23 @@ def test_threads_time_limit_flags_the_job_and_fails_it(make_app, sqlite_db_url):
     assert db_session().query(model.Row).filter_by(name='looped').count() == 0  # rolled back
 
 
+def test_a_retry_policy_naming_time_limit_exceeded_retries_it(queue):
+    def overrun():
+        wait_for(asyncjob_cancelled, timeout=WAIT, message='never flagged')
+    status = queue.wait(queue.perform(overrun, time_limit=0.2, retry=aj.Retry(
+        on=(TimeLimitExceeded,), max_retries=1, backoff=0)), WAIT)
+    assert (status.state.value, status.attempt) == ('failed', 2)
+    assert status.error.type == 'TimeLimitExceeded'
+
+
+def test_a_default_retry_policy_does_not_retry_a_time_limit(queue):
+    def overrun():
+        wait_for(asyncjob_cancelled, timeout=WAIT, message='never flagged')
+    status = queue.wait(queue.perform(overrun, time_limit=0.2,
+                                      retry=aj.Retry(max_retries=3, backoff=0)), WAIT)
+    assert (status.state.value, status.attempt) == ('failed', 1)
+
+
 # ------------------------------------------------------------- sqlalchemy
 
 

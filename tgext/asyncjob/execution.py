@@ -140,11 +140,12 @@ class Runtime:
         policy = policy_for(job.retry, job.func)
         not_retried = ''
         if policy is not None and policy.should_retry(exc, job.attempt):
-            if job.cancel_requested:
+            if timelimits.cancelled(job, exc):
                 not_retried = 'not retried: it was cancelled while running'
             elif self.stopping:
                 not_retried = 'not retried: the queue was stopping'
             else:
+                job.cancel_requested = False  # only its time limit's flag: the next run starts clear
                 delay = policy.delay(job.attempt)
                 log.warning('asyncjob %s (%s) attempt %d failed (%s: %s); retrying in %.3g s',
                             job.id, job.func_name, job.attempt, error.type, error.message,

@@ -26,12 +26,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import threading
 import time
 from typing import Any, Callable
 
 from .errors import TimeLimitExceeded
+from .forking import reset_in_child
 from .job import Job
 
 log = logging.getLogger('tgext.asyncjob')
@@ -60,6 +60,12 @@ def check_time_limit(value: Any) -> float | None:
 def time_limit_of(job: Job) -> float | None:
     """The time limit ``job`` was queued with (seconds), if any."""
     return getattr(job.options, 'time_limit', None)
+
+
+def cancelled(job: Job, exc: BaseException) -> bool:
+    """True if ``job``, which ended with ``exc``, was cancelled by someone (not just
+    flagged by its time limit): then it is not retried."""
+    return job.cancel_requested and not getattr(exc, 'flagged_by_limit_only', False)
 
 
 def register_foreign(exc_type: type[BaseException]) -> None:
@@ -96,6 +102,7 @@ class Bound:
         self.raised_at: float | None = None
         self.thread_id = 0
         self.inside = False
+        self.cancelled_before = False  # someone cancelled it before the limit flagged it
         self.lock = threading.Lock()
 
     def message(self) -> str:
@@ -111,12 +118,18 @@ class Bound:
             if exc.args:
                 raise
             # Raised by the watchdog, which can only give a class: add the message.
-            raise TimeLimitExceeded(self.message()).with_traceback(exc.__traceback__) from None
+            raise self._exceeded().with_traceback(exc.__traceback__) from None
         finally:
             self.leave()
         if self.exceeded:
-            raise TimeLimitExceeded(self.message())
+            raise self._exceeded()
         return result
+
+    def _exceeded(self) -> TimeLimitExceeded:
+        exc = TimeLimitExceeded(self.message())
+        # The flag was the limit's, not a cancel: a retry policy naming it still applies.
+        exc.flagged_by_limit_only = not self.cancelled_before  # type: ignore[attr-defined]
+        return exc
 
     def enter(self) -> None:
         self.thread_id = threading.get_ident()
@@ -135,6 +148,7 @@ class Bound:
         """Past the deadline (the watchdog's thread): flag, and raise if so told."""
         if not self.exceeded:
             self.exceeded = True
+            self.cancelled_before = self.job.cancel_requested
             self.job.cancel_requested = True
             log.warning('asyncjob %s (%s): %s; %s', self.job.id, self.job.func_name,
                         self.message(), 'stopping it' if self.mode == INTERRUPT
@@ -203,8 +217,7 @@ class Watchdog:
 
 #: The watchdog of this process.
 WATCHDOG = Watchdog()
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=WATCHDOG.after_fork)
+reset_in_child(WATCHDOG, 'after_fork')
 
 
 def bound(job: Job, mode: str) -> Bound | None:
