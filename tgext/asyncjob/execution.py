@@ -145,7 +145,7 @@ class Runtime:
             elif self.stopping:
                 not_retried = 'not retried: the queue was stopping'
             else:
-                job.cancel_requested = False  # only its time limit's flag: the next run starts clear
+                job.cancel_requested = False  # only its time limit's flag: the next run is clear
                 delay = policy.delay(job.attempt)
                 log.warning('asyncjob %s (%s) attempt %d failed (%s: %s); retrying in %.3g s',
                             job.id, job.func_name, job.attempt, error.type, error.message,

@@ -21,7 +21,7 @@ from . import checks
 from .backends.base import Backend
 from .concurrency import check_concurrency
 from .context import running_job
-from .errors import NotInJobError, QueueFull, QueueStopped
+from .errors import NotInJobError, QueueFull, QueueStopped, UnsupportedOption
 from .execution import Runtime
 from .forking import reset_in_child
 from .hooks import Hooks
@@ -125,7 +125,6 @@ class JobQueue:
         self.backend = self._make_backend(backend, backend_options or {})
         self.runtime.backend = self.backend
         if self.time_limit is not None and not self.backend.supports_time_limit:
-            from .errors import UnsupportedOption
             raise UnsupportedOption(f'asyncjob.time_limit is set, but the backend '
                                     f'{type(self.backend).__name__} has no time limits')
         own_store = self.backend.own_store()

@@ -44,7 +44,7 @@ class WorkerThread(threading.Thread):
             # next of its key comes back from release(), unless stop() gave up.
             while job is not None and not self.pool.discarding and slots.admit(job):
                 self.current = job
-                self.pool.runtime.execute(job)  # returns at once for a job cancelled or dropped meanwhile
+                self.pool.runtime.execute(job)  # at once if cancelled or dropped meanwhile
                 self.current = None
                 job = slots.release(job)  # the next of its key, if one waited
 

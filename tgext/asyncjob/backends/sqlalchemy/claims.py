@@ -61,9 +61,10 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
         return []
     taken = keyed.claim_keyed(engines, worker_id, queues, now, limit,
                               CLAIMED_COLUMNS, running(worker_id, now))
-    if len(taken) >= limit:
-        return taken
-    return taken + _claim_unkeyed(engines, worker_id, queues, now, limit - len(taken))
+    if len(taken) < limit:
+        taken += _claim_unkeyed(engines, worker_id, queues, now, limit - len(taken))
+    taken.sort(key=lambda r: (-r['priority'], r['run_at']))
+    return taken
 
 
 def _claim_unkeyed(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
@@ -77,7 +78,6 @@ def _claim_unkeyed(engines: Engines, worker_id: str, queues: Sequence[str], now:
                 .returning(*CLAIMED_COLUMNS))
         with engines.writing() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
-        rows.sort(key=lambda r: (-r['priority'], r['run_at']))
         return rows
     with engines.write.begin() as conn:
         locked = [dict(r._mapping) for r in conn.execute(
