@@ -3,7 +3,9 @@
 ``python periodicproc.py MODE [COMMAND]``: MODE ``memory``, ``redis`` (threads and that
 tracker) or ``sqlalchemy`` (the backend on ``PERIODIC_DB``); ``disabled`` plugs with
 ``asyncjob.enabled = false``; ``rq``: the rq backend (jobs run by a worker process
-made with :func:`rq_app`). COMMAND ``setup-app`` or ``tgshell`` makes the process look
+made with :func:`rq_app`); ``globals``: no plug(), ``start_async_worker(self)`` in the
+Globals and the schedule in the configuration; ``fork``: ``memory``, then the process
+forks once and the child prints ``CHILD <pid>``. COMMAND ``setup-app`` or ``tgshell`` makes the process look
 like that gearbox command. Prints ``READY <pid> <time>`` once started, then runs until
 killed.
 """
@@ -35,6 +37,9 @@ def build(mode):
             'redis_url': redis_url, 'queue_name': os.environ['PERIODIC_KEY']})
     elif mode == 'disabled':
         extra = {'asyncjob.enabled': 'false'}
+    elif mode == 'globals':
+        extra = {'asyncjob.periodic.record': EVERY_SECOND + ' periodicjobs:record'}
+        return make_app(db, enable='globals', extra_config=extra)
     return make_app(db, plug_options=options, extra_config=extra)
 
 
@@ -47,8 +52,10 @@ def main(mode, command=None):
     logging.basicConfig(level=logging.INFO)
     if command:
         sys.argv = ['gearbox', command, '-c', 'development.ini']
-    build(mode)
+    build('memory' if mode == 'fork' else mode)
     print('READY %d %f' % (os.getpid(), time.time()), flush=True)
+    if mode == 'fork' and os.fork() == 0:
+        print('CHILD %d' % os.getpid(), flush=True)
     threading.Event().wait()  # until the test kills this process
 
 

@@ -38,6 +38,7 @@ SCREENSHOTS = {
     "progress-failed.png": DESKTOP,
     "jobs.png": DESKTOP,
     "progress-phone.png": PHONE,
+    "job-detail.png": DESKTOP,
 }
 
 
@@ -261,7 +262,6 @@ def test_progress_bar_follows_jobs(demo, browser):
     states = [row.get_attribute("data-state")
               for row in browser.find_elements(By.CSS_SELECTOR, "table.asyncjob-jobs tbody tr")]
     assert states == ["failed", "succeeded"]
-    screenshot(browser, "jobs.png")
 
 
 def fails_at_once():
@@ -365,6 +365,92 @@ def test_a_job_failing_while_watched_shows_its_message_alone(demo, browser, gate
     assert browser.find_element(By.CSS_SELECTOR, ".asyncjob-error").text == \
         "The file is larger than 10 MB."
     assert _text(browser.find_element(By.CSS_SELECTOR, ".asyncjob-line")) == "Failed"
+
+
+def _row_state(driver, jobid):
+    """The state the dashboard's row of ``jobid`` shows, ``None`` if it has no row
+    (looked up afresh: each action reloads the page)."""
+    rows = driver.find_elements("css selector", 'tr[data-job="%s"]' % jobid)
+    return rows[0].get_attribute("data-state") if rows else None
+
+
+def _click_action(driver, jobid, action):
+    """Click ``action``'s button in ``jobid``'s row and wait for the page it leads to."""
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("css selector", "main")
+    driver.find_element(
+        "css selector", 'tr[data-job="%s"] button[data-action="%s"]' % (jobid, action)).click()
+    WebDriverWait(driver, PAGE_TIMEOUT).until(EC.staleness_of(old),
+                                              message="the %s did not reload the page" % action)
+
+
+def _count(driver, state):
+    return int(driver.find_element(
+        "css selector", '[data-count-state="%s"] .asyncjob-count' % state).text)
+
+
+def test_dashboard_cancels_and_retries_with_a_click(demo, browser, gate):
+    """The jobs dashboard, clicked: Cancel on a queued job and on a running one, Retry
+    on a failed one (a new job linked both ways), each POSTed with its CSRF token."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    failed = demo.queue.perform(fails_at_once)
+    demo.queue.wait(failed, JOB_TIMEOUT)
+    running = demo.queue.perform(export_files, (gate,))
+    wait = WebDriverWait(browser, JOB_TIMEOUT, poll_frequency=0.05)
+    wait.until(lambda d: demo.queue.get_status(running).state.value == "running")
+    queued = demo.queue.perform(hold, (gate,))  # the demo's one worker is busy
+
+    browser.get(demo.url + "/asyncjob/jobs")
+    assert [_row_state(browser, j) for j in (queued, running, failed)] == [
+        "queued", "running", "failed"]
+    assert (_count(browser, "queued"), _count(browser, "running"),
+            _count(browser, "failed"), _count(browser, "all")) == (1, 1, 1, 3)
+
+    _click_action(browser, queued, "cancel")
+    assert _row_state(browser, queued) == "cancelled"
+    assert "cancelled" in browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice").text
+    assert demo.queue.get_status(queued).state.value == "cancelled"
+
+    # A running job is asked to stop; it ends once it checks (this one: when let go).
+    _click_action(browser, running, "cancel")
+    assert "asked to stop" in browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice").text
+    assert demo.queue.get_status(running).state.value == "running"
+    gate.set()
+    assert demo.queue.wait(running, JOB_TIMEOUT).finished
+
+    _click_action(browser, failed, "retry")
+    notice = browser.find_element(By.CSS_SELECTOR, ".asyncjob-notice")
+    assert "queued again as" in notice.text
+    retried = demo.queue.get_status(failed).retried_as
+    assert retried and retried != failed
+    assert demo.queue.get_status(retried).retry_of == failed
+    # The copy fails alike (the same callable); the page shows it once reloaded.
+    demo.queue.wait(retried, JOB_TIMEOUT)
+    browser.get(demo.url + "/asyncjob/jobs")
+    assert _row_state(browser, retried) == "failed"
+    assert _count(browser, "failed") == 2
+
+
+    # The detail page of the retry links back to the job it copied, and the copied
+    # one to its retry.
+    browser.get("%s/asyncjob/job/%s" % (demo.url, retried))
+    link = browser.find_element(By.CSS_SELECTOR, '[data-field="Retry of"] a')
+    assert link.get_attribute("href").endswith("/asyncjob/job/%s" % failed)
+    link.click()
+    wait.until(lambda d: d.current_url.endswith("/asyncjob/job/%s" % failed))
+    assert browser.find_element(By.CSS_SELECTOR, '[data-field="Retried as"] a').get_attribute(
+        "href").endswith("/asyncjob/job/%s" % retried)
+    screenshot(browser, "job-detail.png")
+
+    browser.get(demo.url + "/asyncjob/jobs?state=failed")
+    assert {_row_state(browser, j) for j in (failed, retried)} == {"failed"}
+    assert _row_state(browser, queued) is None
+    browser.get(demo.url + "/asyncjob/jobs")
+    screenshot(browser, "jobs.png")
 
 
 def test_readme_shows_the_screenshots_this_test_takes():

@@ -16,10 +16,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tgext.asyncjob import asyncjob_perform, asyncjob_set_progress, start_async_worker
+from tgext.asyncjob import (JobNotFound, JobState, JobStateError, NotRetryable,
+                           OperationUnsupported, asyncjob_perform, asyncjob_set_progress,
+                           operations, start_async_worker)
 from tgext.asyncjob.queue import JobQueue
-from tgext.asyncjob.trackers.base import (RESULT_BUDGET, JobStore, LegacyTrackerAdapter,
-                                          ProgressTracker, as_store, startup_check)
+from tgext.asyncjob.trackers.base import (RESULT_BUDGET, STATES, JobStore,
+                                          LegacyTrackerAdapter, ProgressTracker, as_store,
+                                          startup_check)
 from tgext.asyncjob.trackers.memory import MemoryProgressTracker
 from tgext.asyncjob.trackers.redisdb import RedisProgressTracker
 
@@ -31,7 +34,7 @@ BIG = 10 * 1024 * 1024  # 10 MB: far beyond any budget
 
 
 class FourMethodTracker(object):
-    """The README's (and 0.3's) custom tracker: four methods, nothing else."""
+    """The custom tracker of docs/trackers.rst (and 0.3): four methods, nothing else."""
 
     def __init__(self):
         self.status = {}
@@ -493,3 +496,228 @@ def test_startup_check_of_any_store_never_raises(store):
     assert startup_check(store) is None
     assert startup_check(FourMethodTracker()) is None  # cannot be asked: nothing to say
     assert 'boom' in startup_check(Raising())
+
+
+# -- listing, counting and removing records (issue 14) ------------------------------------
+
+def _fill(store, specs, now=None):
+    """Track one record per (state, name), enqueued one second apart, oldest first;
+    finished ones end ``ended`` seconds ago. Returns their ids, oldest first."""
+    now = time.time() if now is None else now
+    ids = []
+    for n, (state, name, *ended) in enumerate(specs):
+        jobid = new_id()
+        store.track(jobid, {'state': 'queued', 'name': name,
+                            'enqueued_at': now - 3000 + n})
+        if state == 'running':
+            store.update(jobid, {'state': 'running', 'started_at': now})
+        elif state != 'queued':
+            store.update(jobid, {'state': 'running', 'started_at': now})
+            store.finish(jobid, {'state': state, 'finished_at': now - (ended[0] if ended else 0)})
+        ids.append(jobid)
+    store.flush()
+    return ids
+
+
+SPECS = [('succeeded', 'a.f'), ('failed', 'b.g'), ('queued', 'a.f'), ('running', 'b.g'),
+         ('cancelled', 'a.f'), ('succeeded', 'b.g'), ('failed', 'a.f')]
+
+
+def test_query_pages_newest_first_filtered_by_state_and_name(store):
+    if not store.supports_listing:
+        with pytest.raises(OperationUnsupported):
+            store.query()
+        with pytest.raises(NotImplementedError):  # OperationUnsupported is one
+            store.counts()
+        return
+    ids = _fill(store, SPECS)
+    newest = ids[::-1]
+    assert [i for i, _ in store.query()] == newest
+    assert [i for i, _ in store.query(offset=2, limit=3)] == newest[2:5]
+    assert store.query(offset=7) == []
+    assert [i for i, _ in store.query(state='failed')] == [ids[6], ids[1]]
+    assert [i for i, _ in store.query(name='a.f')] == [ids[6], ids[4], ids[2], ids[0]]
+    assert [i for i, _ in store.query(name='a.f', offset=1, limit=2)] == [ids[4], ids[2]]
+    assert [i for i, _ in store.query(state='succeeded', name='b.g')] == [ids[5]]
+    assert store.query(state='running', name='a.f') == []
+    assert {r['state'] for _, r in store.query(state='running')} == {'running'}
+    assert store.counts() == {'queued': 1, 'running': 1, 'succeeded': 2, 'failed': 2,
+                              'cancelled': 1}
+
+
+@pytest.mark.parametrize('bad', [dict(state='done'), dict(offset=-1), dict(limit=0),
+                                 dict(limit=True), dict(name=3)])
+def test_query_refuses_bad_arguments(store, bad):
+    if not store.supports_listing:
+        return
+    with pytest.raises((ValueError, TypeError)):
+        store.query(**bad)
+
+
+def test_query_pages_beyond_the_latest_500(store):
+    if not store.supports_listing:
+        return
+    ids = _fill(store, [('succeeded' if n % 3 else 'failed', f'm.f{n % 2}')
+                        for n in range(620)])
+    newest = ids[::-1]
+    assert [i for i, _ in store.query(offset=590, limit=50)] == newest[590:]
+    failed = [i for i in newest if ids.index(i) % 3 == 0]
+    assert [i for i, _ in store.query(state='failed', offset=200, limit=50)] == failed[200:]
+    f1 = [i for i in newest if ids.index(i) % 2 == 1]
+    assert [i for i, _ in store.query(name='m.f1', offset=290, limit=50)] == f1[290:]
+    assert store.counts()['failed'] == len(failed)
+
+
+def test_delete_finished_removes_only_finished_records(store):
+    if not store.supports_status:
+        with pytest.raises(OperationUnsupported):
+            store.delete_finished(new_id())
+        return
+    done, live = _fill(store, [('failed', 'a.f'), ('running', 'a.f')])
+    assert store.delete_finished(live) is False
+    assert record_of(store, live)['state'] == 'running'
+    assert store.delete_finished(new_id()) is False
+    assert store.delete_finished(done) is True
+    assert store.get_record(done) is None
+    if store.supports_listing:
+        assert [i for i, _ in store.query()] == [live]
+        assert store.counts()['failed'] == 0
+
+
+def test_purge_finished_removes_records_finished_before_the_cutoff(store):
+    if not store.supports_listing:
+        with pytest.raises(OperationUnsupported):
+            store.purge_finished(60)
+        return
+    # Within the default retention (an hour): ended 2000 and 1500 s ago, and 10 s ago.
+    old, old2, recent, live = _fill(store, [('succeeded', 'a.f', 2000), ('failed', 'a.f', 1500),
+                                            ('cancelled', 'a.f', 10), ('queued', 'a.f')])
+    assert store.purge_finished(1000) == 2
+    assert store.get_record(old) is None and store.get_record(old2) is None
+    assert [i for i, _ in store.query()] == [live, recent]
+    assert store.counts() == dict(dict.fromkeys(STATES, 0), queued=1, cancelled=1)
+    assert store.purge_finished(0) == 1
+    assert [i for i, _ in store.query()] == [live]
+
+
+def test_annotate_writes_links_on_finished_records_only_links(store):
+    if not store.supports_status:
+        with pytest.raises(OperationUnsupported):
+            store.annotate(new_id(), {'retried_as': new_id()})
+        return
+    done, other = _fill(store, [('failed', 'a.f'), ('queued', 'a.f')])
+    store.annotate(done, {'retried_as': other})
+    store.annotate(other, {'retry_of': done})
+    store.annotate(new_id(), {'retry_of': done})  # unknown: nothing happens
+    assert (record_of(store, done)['retried_as'], record_of(store, done)['state']) == (
+        other, 'failed')
+    assert record_of(store, other)['retry_of'] == done
+    with pytest.raises(ValueError, match='state'):
+        store.annotate(done, {'state': 'queued'})
+    assert record_of(store, done)['state'] == 'failed'
+
+
+# The same operations through a queue: every store, the sqlalchemy backend's included.
+
+def twice(value):
+    return value * 2
+
+
+def refuse(value, *, why='no'):
+    raise ValueError(f'{value}: {why}')
+
+
+@pytest.fixture(params=['memory', 'redis', 'four-method', 'sqlite', 'postgresql'])
+def ops_queue(request):
+    if request.param in ('sqlite', 'postgresql'):
+        url = request.getfixturevalue(f'{request.param}_db_url'.replace('postgresql',
+                                                                        'postgres'))
+        q = JobQueue(backend='sqlalchemy', backend_options={'url': url}, workers=2)
+        q.backend.start()
+        yield q
+        q.stop(10)
+        q.backend.engines.dispose()
+        return
+    q = request.getfixturevalue('started')(make_tracker(request.param, request), workers=2)
+    yield q
+
+
+def test_operations_through_the_queue(ops_queue):
+    q = ops_queue
+    good = q.perform(twice, (21,))
+    bad = q.perform(refuse, ('x',), {'why': 'because'})
+    for jobid in (good, bad):
+        wait_for(lambda: q.get_status(jobid).finished or not q.store.supports_status,
+                 message='job never ended')
+    if not q.store.supports_status:
+        for call in (lambda: operations.list_jobs(q), lambda: operations.count_jobs(q),
+                     lambda: operations.retry_job(q, bad), lambda: operations.delete_job(q, bad),
+                     lambda: operations.purge_jobs(q, 0)):
+            with pytest.raises(OperationUnsupported, match='FourMethodTracker'):
+                call()
+        return
+    listed = operations.list_jobs(q)
+    assert [s.id for s in listed] == [bad, good]
+    assert [s.id for s in operations.list_jobs(q, JobState.FAILED)] == [bad]
+    name = f'{__name__}.twice'
+    assert [s.id for s in operations.list_jobs(q, name=name)] == [good]
+    assert operations.count_jobs(q) == dict(dict.fromkeys(STATES, 0), succeeded=1, failed=1)
+    failed = q.get_status(bad)
+    assert (failed.func, list(failed.args), failed.kwargs) == (
+        f'{__name__}:refuse', ['x'], {'why': 'because'})
+
+    again = operations.retry_job(q, bad)
+    status = wait_finished(q, again)
+    assert (status.state, status.error.message, status.retry_of) == (
+        JobState.FAILED, 'x: because', bad)
+    assert q.get_status(bad).retried_as == again
+    with pytest.raises(JobStateError, match='retried already'):
+        operations.retry_job(q, bad)
+    with pytest.raises(JobStateError, match='succeeded'):
+        operations.retry_job(q, good)
+    with pytest.raises(JobNotFound):
+        operations.retry_job(q, new_id())
+
+    later = q.perform(twice, (1,), delay=3600)
+    with pytest.raises(JobStateError, match='queued'):
+        operations.delete_job(q, later)
+    operations.delete_job(q, good)
+    assert q.get_status(good).state is JobState.NOT_FOUND
+    with pytest.raises(JobNotFound):
+        operations.delete_job(q, good)
+
+    assert operations.purge_jobs(q, 3600) == 0
+    assert operations.purge_jobs(q, 0) == 2
+    assert [s.id for s in operations.list_jobs(q)] == [later]
+    with pytest.raises(ValueError):
+        operations.purge_jobs(q, -1)
+
+
+def test_a_retry_needs_an_importable_callable(kind, request, started):
+    if kind == 'four-method':
+        return
+    q = started(make_tracker(kind, request))
+    jobid = q.perform(lambda: 1 / 0)
+    wait_finished(q, jobid)
+    with pytest.raises(NotRetryable, match='import path'):
+        operations.retry_job(q, jobid)
+
+
+def test_the_redis_tracker_keeps_only_json_arguments(request, started):
+    q = started(make_tracker('redis', request))
+    jobid = q.perform(refuse, (object(),))
+    wait_finished(q, jobid)
+    assert q.get_status(jobid).args is None
+    with pytest.raises(NotRetryable, match='no arguments'):
+        operations.retry_job(q, jobid)
+
+
+def test_listing_through_the_queue_pages_beyond_the_latest_500(ops_queue):
+    q = ops_queue
+    if not q.store.supports_listing:
+        return
+    ids = [q.perform(twice, (n,), delay=3600) for n in range(530)]  # all stay queued
+    page = operations.list_jobs(q, 'queued', offset=500, limit=50)
+    # Newest first; ids queued within one clock tick may tie on enqueue time.
+    assert {s.id for s in page} == set(ids[:30])
+    assert operations.count_jobs(q)['queued'] == 530

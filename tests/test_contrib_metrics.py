@@ -65,7 +65,7 @@ NAME = __name__  # the jobs' module, as their dotted names start
 
 
 class MetricsRoot(RootController):
-    """A quickstart root with the jobs' actions and the metrics page the README shows."""
+    """A quickstart root with the jobs' actions and the metrics page docs/operations.rst shows."""
 
     @expose('json')
     def start(self, what='succeed'):
@@ -75,7 +75,7 @@ class MetricsRoot(RootController):
 @pytest.fixture
 def metrics_app(make_app, sqlite_db_url):
     """A sample TG app whose queue has a PrometheusHook on a private registry, served
-    at ``/metrics`` as the README shows."""
+    at ``/metrics`` as docs/operations.rst shows."""
     registry = CollectorRegistry()
     hook = PrometheusHook(registry)
 

@@ -1,7 +1,7 @@
 """Deployment guardrails under a real uWSGI: without ``enable-threads`` the worker
 threads cannot run, and forked from a loaded master without ``lazy-apps`` (or
 ``py-call-osafterfork``) a worker inherits a queue without threads; tgext.asyncjob says
-so at start. Configured as the README says, jobs run."""
+so at start. Configured as docs/deploying.rst says, jobs run."""
 import http.client
 import json
 import os

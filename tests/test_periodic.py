@@ -202,6 +202,23 @@ def test_memory_tracker_runs_each_slot_once_per_process(procs, redis_client):
         slot: sorted([a.pid, b.pid]) for slot in slots}
 
 
+def test_an_app_started_with_start_async_worker_fires_its_schedules(procs, redis_client):
+    proc = _start(procs, 'globals')
+    wait_for(lambda: len({s for s, p in _runs(redis_client, procs.key) if p == proc.pid}) >= 2,
+             timeout=60, message=proc.tail)
+
+
+def test_a_forked_child_fires_as_its_parent_did(procs, redis_client):
+    # gunicorn --preload: the app (and its periodic thread) is built before fork();
+    # threads do not survive fork, so the child must start its own.
+    parent = _start(procs, 'fork')
+    parent.wait_output('CHILD')
+    child = int(parent.output().split('CHILD ')[1].split()[0])
+    wait_for(lambda: len({s for s, p in _runs(redis_client, procs.key) if p == child}) >= 2,
+             timeout=60, message=lambda: '%r\n%s' % (_runs(redis_client, procs.key),
+                                                     parent.tail()))
+
+
 def test_never_fires_in_setup_app_tgshell_or_disabled(procs, redis_client):
     blocked = [_start(procs, 'memory', 'setup-app'), _start(procs, 'memory', 'tgshell'),
                _start(procs, 'disabled')]

@@ -1,4 +1,7 @@
-"""Every Python example in README.rst runs here, in order, against real apps."""
+"""Every Python example of README.rst and of the documentation (docs/**/*.rst) runs
+here, against real apps: each ``.. code-block:: python`` is claimed by one test through a
+marker string of HANDLERS, wherever the block lives, so moving an example between README
+and a docs page keeps it tested."""
 import pathlib
 import re
 import textwrap
@@ -12,12 +15,20 @@ from jobhelpers import wait_finished
 from sampleapp import model
 from services import wait_for
 
-README = pathlib.Path(__file__).parent.parent / 'README.rst'
+ROOT = pathlib.Path(__file__).parent.parent
+README = ROOT / 'README.rst'
+DOCUMENTS = [README, *sorted((ROOT / 'docs').rglob('*.rst'))]
+PYTHON_BLOCK = re.compile(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)')
+
+
+def located_blocks():
+    """``{block: the file it is in}`` for every Python example, in document order."""
+    return {textwrap.dedent(b): path for path in DOCUMENTS
+            for b in PYTHON_BLOCK.findall(path.read_text())}
 
 
 def python_blocks():
-    blocks = re.findall(r'\.\. code-block:: python\n\n((?:   .*\n|\n)+)', README.read_text())
-    return [textwrap.dedent(b) for b in blocks]
+    return list(located_blocks())
 
 
 def shell_commands():
@@ -32,6 +43,16 @@ def test_readme_opens_with_the_demo_and_test_commands():
     assert 'README.rst' in ci
 
 
+def test_every_python_example_is_one_this_module_finds():
+    # A block with options (:caption:) or written ``.. code:: python`` would escape the
+    # pattern, and with it the tests.
+    for path in DOCUMENTS:
+        text = path.read_text()
+        found = len(PYTHON_BLOCK.findall(text))
+        assert len(re.findall(r'^\s*\.\. (?:code-block|code|sourcecode):: py', text, re.M)) \
+            == found, path
+
+
 def test_every_block_is_run_by_this_module():
     handled = [any(marker in block for marker in HANDLERS) for block in python_blocks()]
     assert handled and all(handled), python_blocks()[handled.index(False)]
@@ -39,7 +60,7 @@ def test_every_block_is_run_by_this_module():
 
 def run(block, **names):
     namespace = dict(names)
-    exec(compile(block, str(README), 'exec'), namespace)
+    exec(compile(block, str(located_blocks().get(block, README)), 'exec'), namespace)
     return namespace
 
 
@@ -159,6 +180,73 @@ def test_export_block(make_app, sqlite_db_url):
     assert app.get(f'/asyncjob/status/{jobid}.json').json['percent'] == 100
 
 
+def test_quickstart_block(make_app, sqlite_db_url):
+    ns = run(block_with('class QuickstartController'))
+    app = make_app(sqlite_db_url, root=ns['QuickstartController'])
+    progress_url = app.get('/start').headers['Location']
+    assert app.get(progress_url).status_int == 200
+    jobid = progress_url.rstrip('/').rsplit('/', 1)[1]
+    status = wait_finished(app.app_globals.asyncjob_queue, jobid)
+    assert (status.state.value, status.result, status.data) == ('succeeded', 20, '20 of 20 rows')
+
+
+def plugged_hooks(marker):
+    """The hooks a block gives ``plug()``, run on a configurator of its own."""
+    base_config = FullStackApplicationConfigurator()
+    ns = run(block_with(marker), base_config=base_config)
+    return ns, base_config.get_component('asyncjob').plug_options['hooks']
+
+
+def test_prometheus_block(make_app, sqlite_db_url):
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+    ns, [hook] = plugged_hooks('hooks=[PrometheusHook()])')
+    try:
+        app = make_app(sqlite_db_url, root=ns['RootController'], plug_options={'hooks': [hook]})
+        q = app.app_globals.asyncjob_queue
+        wait_finished(q, q.perform(int, ('7',)))
+        assert ('asyncjob_jobs_finished_total{callable="builtins.int",state="succeeded"} 1.0'
+                in app.get('/metrics').text)
+    finally:  # the block registers on the process-wide registry: leave it as it was
+        for metric in vars(hook).values():
+            if isinstance(metric, MetricWrapperBase):
+                REGISTRY.unregister(metric)
+
+
+def test_opentelemetry_block(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from tgext.asyncjob import start_async_worker
+    _, [hook] = plugged_hooks('hooks=[OpenTelemetryHook()])')
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # The block's hook traces with the global provider, which a process sets only once.
+    monkeypatch.setattr(hook, 'tracer', provider.get_tracer('tgext.asyncjob'))
+    q = start_async_worker(SimpleNamespace(), hooks=[hook])
+    try:
+        jobid = q.perform(int, ('7',))
+        wait_finished(q, jobid)
+    finally:
+        q.stop(5)
+    [span] = wait_for(lambda: exporter.get_finished_spans())
+    assert (span.name, span.attributes['asyncjob.job_id']) == ('asyncjob builtins.int', jobid)
+
+
+def test_alembic_block(make_app, sqlite_db_url):
+    import sqlalchemy
+    ns = run(block_with('target_metadata = [model.metadata, asyncjob_metadata]'), model=model)
+    engine = sqlalchemy.create_engine(sqlite_db_url)
+    for metadata in ns['target_metadata']:  # what the migration autogenerated does
+        metadata.create_all(engine)
+    engine.dispose()
+    app = make_app(sqlite_db_url, extra_config={'asyncjob.backend': 'sqlalchemy',
+                                                'asyncjob.backend.create_tables': 'false'})
+    q = app.app_globals.asyncjob_queue
+    assert wait_finished(q, q.perform(int, ('7',))).result == 7
+
+
 def test_snippet_block():
     ns = run(block_with('progress_snippet(jobid)'), jobid='0123456789abcdef0123456789abcdef')
     assert 'asyncjob' in str(ns['progress_snippet']('0123456789abcdef0123456789abcdef'))
@@ -170,13 +258,41 @@ def test_jobs_access_block():
     assert callable(base_config.get_blueprint_value('asyncjob.jobs_access'))
 
 
-HANDLERS = ['asyncjob = AsyncJobController()', 'class ExportController', 'progress_snippet(jobid)',
+def test_dashboard_script_block(make_app, sqlite_db_url):
+    """The script cancels a queued job through a real HTTP server, cookie and token."""
+    import threading
+    from tgext.asyncjob.demo.server import make_demo_server, serve_in_thread
+
+    ns = run(block_with('def cancel_job'))
+    app = make_app(sqlite_db_url, extra_config={'debug': True})
+    queue = app.app_globals.asyncjob_queue
+    gate, started = threading.Event(), threading.Event()
+    blocker = queue.perform(lambda: (started.set(), gate.wait(10)))
+    assert started.wait(10)
+    victim = queue.perform(int)  # queued behind the blocker: the only worker is busy
+    server = make_demo_server(app.app, '127.0.0.1', 0, quiet=True)
+    thread = serve_in_thread(server)
+    try:
+        answer = ns['cancel_job']('http://127.0.0.1:%d' % server.server_address[1], victim)
+    finally:
+        gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert answer == {'id': victim, 'action': 'cancel', 'outcome': 'cancelled', 'ok': True}
+    assert queue.get_status(victim).state.value == 'cancelled'
+    wait_finished(queue, blocker)
+
+
+HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportController', 'progress_snippet(jobid)',
+            'class QuickstartController', 'hooks=[PrometheusHook()])',
+            'hooks=[OpenTelemetryHook()])', 'target_metadata = [model.metadata, asyncjob_metadata]',
             "'asyncjob.jobs_access'",
 "plug(base_config, 'tgext.asyncjob')", 'MemoryProgressTracker())',
             'RedisProgressTracker())', 'def background_task', 'def controller_method',
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
-            'class MyProgressTracker', '@asyncjob_periodic(',
+            'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)',
             "asyncjob_options(concurrency_key='user:42'", 'asyncjob_options(time_limit=30)']
 
 
@@ -187,3 +303,17 @@ def test_periodic_block(monkeypatch):
     assert periodic.DECLARED == {'readme_periodic:refresh_feeds': (
         '*/5 * * * *', 'readme_periodic:refresh_feeds')}
     assert ns['refresh_feeds']() == 'refreshed'
+
+
+def test_operations_block(queue, capfd, monkeypatch):
+    # A module of its own, so that the retry imports send_invoice by its path.
+    import sys
+    import types
+    module = types.ModuleType('readme_operations')
+    monkeypatch.setitem(sys.modules, 'readme_operations', module)
+    exec(compile(block_with('asyncjob_retry(failed.id)'), str(README), 'exec'), module.__dict__)
+    out = capfd.readouterr().out
+    assert "readme_operations.send_invoice (7,) invoice 7: the mail server refused it" in out
+    assert "'failed': 1" in out
+    assert queue.get_status(module.failed.id).state.value == 'not_found'  # deleted
+    assert queue.get_status(module.copy).retry_of == module.failed.id

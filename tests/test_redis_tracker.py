@@ -138,7 +138,7 @@ def test_redis_py_itself_is_real(redis_client):
 # -- issue 10 case 14: a hung Redis costs one bounded attempt --------------------------
 
 def test_a_hung_redis_stalls_perform_for_one_attempt_only(redis_server):
-    """SIGSTOP the server: TCP still connects, nothing answers. The README promises one
+    """SIGSTOP the server: TCP still connects, nothing answers. docs/trackers.rst promises one
     attempt bounded by ``socket_timeout``; retrying after the timeout doubled it."""
     socket_timeout = 3.0
     tracker = RedisProgressTracker(url=redis_server.url, socket_timeout=socket_timeout)

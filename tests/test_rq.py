@@ -592,7 +592,7 @@ def test_simple_worker_killed_mid_job_is_retried_by_its_policy(rq_app, rq_setup,
     assert status.state is aj.JobState.SUCCEEDED, workers.logs()
 
     # No backoff: the retry goes straight to the queue (the dead worker's scheduler
-    # lock outlives it by a minute, see the README).
+    # lock outlives it by a minute, see docs/backends/rq.rst).
     policy = aj.Retry(max_retries=2, backoff=0, jitter=False)
     jobid = aj.asyncjob_options(retry=policy).perform(jobs.gate, "retried", url, key)
     wait_for(lambda: _running(jobid), timeout=WORKER_START_TIMEOUT,

@@ -559,7 +559,7 @@ def test_jobs_page_in_debug_with_memory_tracker(web_app):
     page = app.get("/asyncjob/jobs")
     rows = page.html.select("table.asyncjob-jobs tbody tr")
     assert [row["data-state"] for row in rows] == ["failed", "succeeded"]
-    assert rows[0].select_one("a")["href"] == "/asyncjob/progress/%s" % bad
+    assert rows[0].select_one("a")["href"] == "/asyncjob/job/%s" % bad
     assert "it went wrong" in rows[0].text
     listing = app.get("/asyncjob/jobs.json", params={"limit": "1"}).json
     assert [job["id"] for job in listing["jobs"]] == [bad]

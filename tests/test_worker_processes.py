@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 import processes
 from processes import get_json
-from services import wait_for
+from services import mariadb_server_url, wait_for
 
 # A short lease for the kill -9 test, so a dead worker's jobs are rescued within seconds
 # (still several heartbeats long: a loaded machine must not make a live worker look dead).
@@ -30,8 +30,6 @@ RESCUE_TIMEOUT = 45
 # Seconds allowed for the 10,000 jobs to be done (measured: see the test's output).
 BULK_TIMEOUT = 600
 
-MARIADB_URL = os.environ.get("ASYNCJOB_TEST_MARIADB_URL",
-                             "mysql+pymysql://root@127.0.0.1:3306/test_workercmd")
 
 
 class SqlApp:
@@ -101,29 +99,28 @@ def pg(postgres_db_url, tmp_path):
 
 @pytest.fixture
 def mariadb(tmp_path):
-    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``; the database is
-    created if missing), its tables dropped first."""
-    url = sa.engine.make_url(MARIADB_URL)
-    server = sa.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    """sqlapp on the local MariaDB (``$ASYNCJOB_TEST_MARIADB_URL``), in a database of
+    its own (made here, dropped after): test runs side by side never share tables."""
+    server_url = mariadb_server_url()
+    name = "test_workercmd_%s" % uuid.uuid4().hex[:12]
+    server = sa.create_engine(server_url, poolclass=sa.pool.NullPool)
     try:
         with server.begin() as conn:
-            conn.execute(sa.text("CREATE DATABASE IF NOT EXISTS `%s`" % url.database))
-        with engine.begin() as conn:
-            meta = sa.MetaData()
-            meta.reflect(conn)
-            meta.drop_all(conn)
+            conn.execute(sa.text("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % name))
     except sa.exc.OperationalError as exc:
-        pytest.fail("MariaDB is not reachable at %s (set ASYNCJOB_TEST_MARIADB_URL): %s"
-                    % (MARIADB_URL, exc), pytrace=False)
-    finally:
         server.dispose()
-        engine.dispose()
-    app = SqlApp(MARIADB_URL, tmp_path)
+        pytest.fail("MariaDB is not reachable at %s (set ASYNCJOB_TEST_MARIADB_URL): %s"
+                    % (server_url, exc), pytrace=False)
+    app = SqlApp("%s%s?charset=utf8mb4" % (server_url, name), tmp_path)
     try:
         yield app
     finally:
-        app.close()
+        try:
+            app.close()
+        finally:
+            with server.begin() as conn:
+                conn.execute(sa.text("DROP DATABASE `%s`" % name))
+            server.dispose()
 
 
 def status(web, jobid):

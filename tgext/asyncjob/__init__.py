@@ -9,7 +9,9 @@ import time
 from typing import Any, Callable
 
 from .database import asyncjob_timed_query
-from .errors import (AlreadyStarted, AsyncJobError, JobFailed, NoWorkerError, NotInJobError,
+from . import operations
+from .errors import (AlreadyStarted, AsyncJobError, JobFailed, JobNotFound, JobStateError,
+                     NoWorkerError, NotInJobError, NotRetryable, OperationUnsupported,
                      QueueFull, QueueStopped, TimeLimitExceeded, TrackerUnavailable,
                      UnsupportedOption, WorkerDied)
 from .job import JobError, JobState, JobStatus
@@ -30,6 +32,8 @@ __all__ = [
     'JobQueue', 'JobState', 'JobStatus', 'JobError', 'AsyncJobError', 'AlreadyStarted',
     'NoWorkerError', 'NotInJobError', 'QueueFull', 'QueueStopped', 'TrackerUnavailable',
     'JobFailed', 'UnsupportedOption', 'WorkerDied', 'asyncjob_periodic',
+    'asyncjob_jobs', 'asyncjob_counts', 'asyncjob_retry', 'asyncjob_delete', 'asyncjob_purge',
+    'JobNotFound', 'JobStateError', 'NotRetryable', 'OperationUnsupported',
     'TimeLimitExceeded',
 ]
 
@@ -104,6 +108,43 @@ def asyncjob_cancel(jobid: str) -> bool:
     """Cancel a queued job (it will not run), or flag a running one (see
     :func:`asyncjob_cancelled`). False if the job is not queued or running here."""
     return current_queue().cancel(jobid)
+
+
+def asyncjob_jobs(state: JobState | str | None = None, name: str | None = None,
+                  offset: int = 0, limit: int = 50) -> list[JobStatus]:
+    """The jobs kept, newest first: only those in ``state`` and of the callable ``name``
+    (its dotted name, ``JobStatus.name``) when given; ``offset``/``limit`` page through
+    all of them. Raises :class:`OperationUnsupported` if the tracker cannot list jobs,
+    ``ValueError`` for an unknown state or a bad offset/limit."""
+    return operations.list_jobs(current_queue(), state, name, offset, limit)
+
+
+def asyncjob_counts() -> dict[str, int]:
+    """How many jobs are kept in each state: ``{'queued': 2, 'running': 1, ...}``
+    (every state, 0 included). Raises :class:`OperationUnsupported` if the tracker
+    cannot list jobs."""
+    return operations.count_jobs(current_queue())
+
+
+def asyncjob_retry(jobid: str) -> str:
+    """Queue a new job with the callable and arguments of the failed or cancelled job
+    ``jobid``; return the new id. The records link both ways (``retry_of``,
+    ``retried_as``). Raises :class:`JobNotFound`, :class:`JobStateError` (not failed or
+    cancelled, or retried already), :class:`NotRetryable` (no importable callable or
+    no stored arguments)."""
+    return operations.retry_job(current_queue(), jobid)
+
+
+def asyncjob_delete(jobid: str) -> None:
+    """Delete the record of a finished job. Raises :class:`JobNotFound`, and
+    :class:`JobStateError` for a queued or running job (cancel it first)."""
+    operations.delete_job(current_queue(), jobid)
+
+
+def asyncjob_purge(older_than: float) -> int:
+    """Delete the records of jobs finished more than ``older_than`` seconds ago; return
+    how many. ``ValueError`` for a negative or non-finite number."""
+    return operations.purge_jobs(current_queue(), older_than)
 
 
 def asyncjob_cancelled() -> bool:

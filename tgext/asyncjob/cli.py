@@ -5,7 +5,10 @@
     python -m tgext.asyncjob worker production.ini [--threads N] [--burst] [--queue NAME]
     python -m tgext.asyncjob worker --app myapp.wsgi:make_app
     gearbox asyncjob-worker -c production.ini
+    python -m tgext.asyncjob jobs -c production.ini list|show|cancel|retry|delete|purge|health
+    gearbox asyncjob-jobs -c production.ini list --state failed
 
+``jobs`` operates on the application's jobs without running any (see :mod:`.jobscli`).
 ``worker`` loads the TurboGears application (its .ini with PasteDeploy, as ``gearbox
 serve`` does, logging included; or by calling ``--app module:factory``), keeps that
 application's queue from running jobs in this process's own threads
@@ -30,6 +33,8 @@ import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from .jobscli import add_jobs_arguments, run_jobs
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -307,6 +312,8 @@ class Subcommand:
 COMMANDS: dict[str, Subcommand] = {
     'worker': Subcommand('run jobs in this process (sqlalchemy and rq backends)',
                          add_worker_arguments, run_worker),
+    'jobs': Subcommand('list, show, cancel, retry, delete and purge jobs; health check',
+                       add_jobs_arguments, run_jobs),
 }
 
 

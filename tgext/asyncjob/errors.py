@@ -1,4 +1,5 @@
 """Exceptions raised by tgext.asyncjob at the call site."""
+from __future__ import annotations
 
 
 class AsyncJobError(RuntimeError):
@@ -27,6 +28,29 @@ class AlreadyStarted(AsyncJobError):
 
 class TrackerUnavailable(AsyncJobError):
     """The progress tracker's storage (e.g. Redis) cannot be reached."""
+
+
+class JobNotFound(AsyncJobError, LookupError):
+    """No record of this job: never queued, or its record expired or was deleted."""
+
+
+class JobStateError(AsyncJobError, ValueError):
+    """The job is not in a state the operation applies to (e.g. deleting a running
+    job, retrying one that succeeded). ``state`` is the state it is in."""
+
+    def __init__(self, message: str, state: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class NotRetryable(AsyncJobError):
+    """A retry cannot rebuild the job's call: its record keeps no importable callable
+    or no arguments (arguments that are not JSON, a lambda, an old record...)."""
+
+
+class OperationUnsupported(AsyncJobError, NotImplementedError):
+    """The job store cannot do this (a 0.3-style tracker lists nothing; a custom
+    tracker that did not implement the method)."""
 
 
 class UnsupportedOption(AsyncJobError, ValueError):

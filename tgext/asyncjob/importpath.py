@@ -44,6 +44,14 @@ def callable_path(func: Callable[..., Any], backend: str) -> str:
     return f'{module}:{qualname}'
 
 
+def importable_path(func: Callable[..., Any]) -> str | None:
+    """:func:`callable_path` of ``func``, or ``None`` when it has none (a lambda...)."""
+    try:
+        return callable_path(func, 'this')
+    except TypeError:
+        return None
+
+
 def import_callable(path: str) -> Any:
     """The object named by :func:`callable_path`'s ``module:qualname``."""
     module, _, qualname = path.partition(':')

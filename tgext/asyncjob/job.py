@@ -122,18 +122,34 @@ class JobStatus:
     finished_at: float | None = None
     attempt: int = 0
     detail: str = ''
+    #: the callable's import path (``module:qualname``), if it has one
+    func: str | None = None
+    #: the call's arguments, where the store keeps them (see ``trackers.base``); pages
+    #: show them only where allowed (``webaccess.arguments_allowed()``)
+    args: tuple | list | None = None
+    kwargs: dict[str, Any] | None = None
+    #: the job a manual retry (``asyncjob_retry``) copied, and the copy made of this one
+    retry_of: str | None = None
+    retried_as: str | None = None
 
     @property
     def finished(self) -> bool:
         """True once the job succeeded, failed or was cancelled."""
         return self.state.finished
 
-    def to_dict(self, include_traceback: bool = False) -> dict[str, Any]:
-        """A JSON-friendly dict; the traceback only when asked for."""
-        out = dataclasses.asdict(self)
+    def to_dict(self, include_traceback: bool = False,
+                include_arguments: bool = False) -> dict[str, Any]:
+        """A JSON-friendly dict; the traceback and the arguments only when asked for."""
+        # Arguments kept by the memory tracker may be any objects: never copied unasked.
+        out = dataclasses.asdict(dataclasses.replace(self, args=None, kwargs=None))
         out['state'] = self.state.value
         if self.error is not None and not include_traceback:
             out['error'].pop('traceback')
+        if include_arguments:
+            out['args'] = list(self.args) if self.args is not None else None
+            out['kwargs'] = dict(self.kwargs) if self.kwargs is not None else None
+        else:
+            del out['args'], out['kwargs']
         return out
 
     @classmethod
@@ -153,6 +169,11 @@ class JobStatus:
             finished_at=record.get('finished_at'),
             attempt=record.get('attempt', 0),
             detail=record.get('detail', ''),
+            func=record.get('func'),
+            args=record.get('args'),
+            kwargs=record.get('kwargs'),
+            retry_of=record.get('retry_of'),
+            retried_as=record.get('retried_as'),
         )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
 
 from croniter import croniter  # type: ignore[import-untyped]
 
+from . import forking
 from .errors import QueueStopped
 
 log = logging.getLogger('tgext.asyncjob')
@@ -252,10 +253,18 @@ class PeriodicRunner:
         self._due: dict[str, float] | None = None  # each schedule's next slot
 
     def start(self) -> None:
-        """Start the thread (daemon: it holds no job of its own)."""
+        """Start the thread (daemon: it holds no job of its own), and again in every
+        forked child (gunicorn --preload, uWSGI): a thread does not survive fork()."""
         self._thread = threading.Thread(target=self._loop, name='asyncjob-periodic',
                                         daemon=True)
         self._thread.start()
+        forking.reset_in_child(self, '_after_fork')
+
+    def _after_fork(self) -> None:
+        # The child serves the application as the parent did, so it fires as the parent
+        # did; durable claims keep each slot to one run across all of them.
+        if self._thread is not None and not self._stop.is_set():
+            self.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the thread to end and wait up to ``timeout`` seconds for it."""

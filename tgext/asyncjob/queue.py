@@ -25,6 +25,7 @@ from .errors import NotInJobError, QueueFull, QueueStopped, UnsupportedOption
 from .execution import Runtime
 from .forking import reset_in_child
 from .hooks import Hooks
+from .importpath import importable_path
 from .job import Job, JobError, JobState, JobStatus
 from .lifecycle import Lifecycle
 from .options import JobOptions
@@ -169,8 +170,8 @@ class JobQueue:
     def perform(self, func: Callable[..., Any], args: tuple = (),
                 kwargs: dict[str, Any] | None = None, *, delay: float | None = None,
                 at: Any = None, on_commit: bool | None = None,
-                retry: Retry | None = None, concurrency_key: str | None = None,
-                concurrency_limit: int | None = None,
+                retry: Retry | None = None, retry_of: str | None = None,
+                concurrency_key: str | None = None, concurrency_limit: int | None = None,
                 time_limit: float | None = None) -> str:
         """Queue ``func(*args, **kwargs)``; return its id once it is tracked.
 
@@ -180,7 +181,8 @@ class JobQueue:
         ``concurrency_key``/``concurrency_limit`` and ``time_limit`` (default: the
         queue's ``time_limit``) as for ``asyncjob_options``.
         Every check (these values, the callable, what the backend can honour) is made
-        here, before anything is stored.
+        here, before anything is stored. ``retry_of``: the id of the job this one
+        copies (see :func:`~tgext.asyncjob.operations.retry_job`), in its first record.
         """
         check_callable(func)
         if self._stopped:
@@ -202,9 +204,15 @@ class JobQueue:
         job = Job(func, args, kwargs or {}, retry=retry, options=options)
         job.eta = eta_of(delay, at, job.enqueued_at)
         self.backend.validate(job)
-        record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name}
+        record = {'state': 'queued', 'enqueued_at': job.enqueued_at, 'name': job.func_name,
+                  'args': job.args, 'kwargs': job.kwargs}
+        path = importable_path(func)
+        if path is not None:
+            record['func'] = path  # what a retry imports (records outlive this process)
         if job.eta is not None:
             record['eta'] = job.eta
+        if retry_of is not None:
+            record['retry_of'] = retry_of
         txn = None
         if on_commit and not self.backend.transactional_enqueue:
             txn = _open_transaction()

@@ -120,7 +120,7 @@ class _Heartbeats:
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         # RQ allows a running job 60 s more than the heartbeat interval before its
         # cleanup calls it abandoned; the backend's ``abandoned_after`` is the bound
-        # the README documents.
+        # docs/backends/rq.rst documents.
         return self.tg_abandoned_after
 
 

@@ -1,5 +1,6 @@
 """Every ``asyncjob.*`` setting, defined once: its name, how a value is read and
-checked, its default, and a one-line description (the README's table is made from it).
+checked, its default, and a one-line description (the README's table and the
+documentation's settings reference are made from it).
 
 A value comes from, first to last: ``start_async_worker()`` arguments, the
 application's configuration (``.ini`` or blueprint), ``plug()`` options, the default.
@@ -159,15 +160,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('tracker', _tracker, None,
             '``memory`` or a ``redis://`` URL; unset: memory (rq: Redis)'),
     Setting('backend', _backend, 'threads',
-            '``threads``, ``rq`` or ``sqlalchemy`` (see `Scaling out`_)'),
+            '``threads``, ``rq`` or ``sqlalchemy`` (a backend factory in code)'),
     Setting('mount', _mount, 'asyncjob', 'controller name on the root; false: not mounted',
             APP),
     Setting('show_tracebacks', _access, None,
             'show failed jobs\' tracebacks: bool or predicate (unset: ``debug``)', APP),
     Setting('jobs_access', _access, None,
             'who may see the ``jobs`` page: bool or predicate (unset: ``debug``)', APP),
+    Setting('show_arguments', _access, None,
+            'show jobs\' arguments on the jobs pages: bool or predicate (unset: ``debug``)',
+            APP),
     Setting('back_url', _text, None,
             'the progress page\'s link back (unset: the referring page of the site)', APP),
+    Setting('secret', _text, None,
+            'CSRF token key of the job pages\' actions (unset: the session secret)', APP),
     Setting('periodic_tz', _zone, zoneinfo.ZoneInfo('UTC'),
             'time zone of periodic jobs\' cron expressions', APP),
     Setting('periodic_catchup', seconds, 3600.0,
@@ -246,13 +252,29 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def rst_table() -> str:
-    """The settings as the reStructuredText table of the README."""
-    rows = [('key', 'default', 'meaning')]
-    rows += [(f'``{s.key}``', _shown(s.default), s.doc) for s in SETTINGS]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+def _rst_table(rows: list[tuple[str, ...]]) -> str:
+    # A simple table: its columns as wide as their widest cell, the last one unbounded.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     rule = '  '.join('=' * w for w in widths)
 
-    def line(row: tuple[str, str, str]) -> str:
+    def line(row: tuple[str, ...]) -> str:
         return '  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
     return '\n'.join([rule, line(rows[0]), rule, *map(line, rows[1:]), rule])
+
+
+#: What each scope adds to the configuration as a place to give a setting.
+GIVEN_AS = {QUEUE: '.ini, ``plug()``, ``start_async_worker()``', APP: '.ini, ``plug()``'}
+
+
+def rst_table() -> str:
+    """The settings as the reStructuredText table of the README."""
+    return _rst_table([('key', 'default', 'meaning'),
+                       *((f'``{s.key}``', _shown(s.default), s.doc) for s in SETTINGS)])
+
+
+def rst_reference() -> str:
+    """Every setting as the reStructuredText table of the documentation's settings
+    reference: the README's columns and where each may be given."""
+    return _rst_table([('key', 'default', 'given in', 'meaning'),
+                       *((f'``{s.key}``', _shown(s.default), GIVEN_AS[s.scope], s.doc)
+                         for s in SETTINGS)])

@@ -21,18 +21,10 @@ log = logging.getLogger('tgext.asyncjob')
 PING_TIMEOUT = 1.0
 
 
-def make_tracker(tracker: Any, backend: Any, backend_options: Mapping[str, Any]) -> Any:
+def make_tracker(tracker: Any) -> Any:
     """The tracker object for the ``asyncjob.tracker`` value (``None``, ``memory``, a
-    Redis URL, or a tracker object). Unset with the rq backend, a Redis tracker on the
-    backend's Redis: its worker processes must see the records (a memory tracker given
-    on purpose is refused by the backend, with the reason)."""
-    if tracker is None and backend == 'rq':
-        from .trackers.redisdb import RedisProgressTracker
-        connection = backend_options.get('connection')
-        if connection is not None:
-            return RedisProgressTracker(client=connection)
-        from .backends.rq import DEFAULT_REDIS_URL
-        return RedisProgressTracker(url=backend_options.get('redis_url') or DEFAULT_REDIS_URL)
+    Redis URL, or a tracker object). A backend whose workers are other processes
+    replaces a memory tracker with a store they can see (``Backend.own_store``)."""
     if tracker is None or tracker == 'memory':
         from .trackers.memory import MemoryProgressTracker
         return MemoryProgressTracker()

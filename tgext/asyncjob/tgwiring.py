@@ -8,10 +8,11 @@ Settings are defined in :mod:`.settings`, the queue is found again by :mod:`.loc
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import types
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from tg.configurator.base import ConfigurationComponent, EnvironmentLoadedConfigurationAction
 
@@ -27,6 +28,24 @@ log = logging.getLogger('tgext.asyncjob')
 
 #: Where ``start_async_worker()`` keeps the queue when no application is configured.
 SCRIPT_GLOBALS = types.SimpleNamespace()
+
+#: Non-empty while a command operates on an application's jobs (``python -m
+#: tgext.asyncjob jobs``): its queue is built, to read and change job records, but runs
+#: nothing in that process (no worker threads, no periodic jobs). See :func:`operating_only`.
+_OPERATING_ONLY: list[str] = []
+
+
+@contextlib.contextmanager
+def operating_only(command: str) -> Iterator[None]:
+    """While active, applications that start build their queue without starting its
+    backend (its worker threads) or their periodic jobs: ``command`` operates on jobs,
+    it does not run them."""
+    _OPERATING_ONLY.append(command)
+    try:
+        yield
+    finally:
+        _OPERATING_ONLY.remove(command)
+
 
 #: ``plug()`` options that are not settings.
 PLUG_ONLY = ('app_globals', 'progress_tracker', 'hooks', 'backend_options', 'periodic')
@@ -80,8 +99,22 @@ def start_async_worker(app_globals: Any = None, progress_tracker: Any = None, *,
         if app_globals is None:
             app_globals = SCRIPT_GLOBALS  # no TurboGears application: a script or shell
     values = settings.resolve(conf, {}, options)
-    return _start(app_globals, progress_tracker, conf, hooks,
-                  settings.backend_options(conf, None, backend_options), values)
+    q = _start(app_globals, progress_tracker, conf, hooks,
+               settings.backend_options(conf, None, backend_options), values)
+    if conf is not None:  # an application's queue; a bare script declares no schedule
+        _start_periodic(q, conf, (), values)
+    return q
+
+
+def _start_periodic(q: JobQueue, conf: Mapping[str, Any], plugged: Any,
+                    values: dict[str, Any]) -> None:
+    if _OPERATING_ONLY:
+        log.info('tgext.asyncjob: %s: no worker threads or periodic jobs in this process',
+                 _OPERATING_ONLY[-1])
+        return
+    from . import periodic
+    periodic.start(q, conf, plugged, tz=values['periodic_tz'],
+                   catchup=values['periodic_catchup'])
 
 
 def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
@@ -93,13 +126,14 @@ def _start(app_globals: Any, tracker: Any, conf: Mapping[str, Any] | None,
                              'stop() it first, or plug tgext.asyncjob only once')
     if tracker is None:
         tracker = values['tracker']
-    tracker = startup.make_tracker(tracker, values['backend'], backend_options)
+    tracker = startup.make_tracker(tracker)
     q = JobQueue(tracker, conf=conf, hooks=hooks, backend_options=backend_options,
                  **{name: values[name] for name in START_OPTIONS if name != 'tracker'})
     app_globals.asyncjob_queue = q
     database.dispose_pools_in_child(q, conf)
     startup.check(q, conf)  # warnings only: a misfit deployment is said once, at start
-    q.backend.start()
+    if not _OPERATING_ONLY:
+        q.backend.start()
     locate.remember(q)
     log.info('tgext.asyncjob started: %s', startup.describe(q))
     return q
@@ -139,9 +173,7 @@ class AsyncJobConfigurationComponent(ConfigurationComponent):
             given.asyncjob_queue = q
         from .web import mount_from_config
         mount_from_config(conf)
-        from . import periodic
-        periodic.start(q, conf, options.get('periodic', ()), tz=values['periodic_tz'],
-                       catchup=values['periodic_catchup'])
+        _start_periodic(q, conf, options.get('periodic', ()), values)
 
 
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:

@@ -11,7 +11,8 @@ Endpoints, below the mount point:
 * ``status/<id>.json``: the job's :class:`~tgext.asyncjob.job.JobStatus` as JSON;
 * ``progress/<id>``: an HTML page with a progress bar that polls the JSON, and a link
   back to the application (``asyncjob.back_url``, else the referring page of the site);
-* ``jobs``: recent jobs (``jobs.json`` for JSON), behind ``asyncjob.jobs_access``;
+* ``jobs``, ``job/<id>`` and the POST actions ``cancel``, ``retry``, ``delete``: the
+  jobs dashboard of :mod:`~tgext.asyncjob.webjobs`, behind ``asyncjob.jobs_access``;
 * ``static/asyncjob.js`` and ``static/asyncjob.css``: the page's script and style.
 
 What the pages show is built by :mod:`~tgext.asyncjob.webview`; who may see error
@@ -33,9 +34,12 @@ from tg.exceptions import HTTPNotModified
 from . import jsonsafe
 from .errors import NoWorkerError, TrackerUnavailable
 from .job import JobState, JobStatus, is_job_id
+from .webhttp import mount_url as _mount_url, not_found as _not_found, respond as _respond
+from .webhttp import strip_json as _strip_json, url as _url
 from .webaccess import check_access_rules, jobs_page_allowed, tracebacks_allowed
+from .webjobs import JobsPages
 from .webview import (HIDDEN_ERROR, PAGE, STATE_TEXT, bar_html, error_body, error_text,
-                      jobs_table, message_of, percent_of, status_body)
+                      message_of, percent_of, status_body)
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -53,21 +57,12 @@ _STATIC_FILES = {
     'asyncjob.js': 'text/javascript',
     'asyncjob.css': 'text/css',
 }
-_JOBS_LIMIT_MAX = 500
 
 # What a job id looks like (``secrets.token_hex(16)``). Anything else in a job URL is
 # answered 404 before any lookup or rendering: it never reaches a tracker, a page or a URL.
 
 
 # -- helpers usable from any page ---------------------------------------------------
-
-def _url(path: str) -> str:
-    """``tg.url(path)`` inside a request (adds the app's SCRIPT_NAME), else ``path``."""
-    try:
-        return tg.url(path)
-    except (TypeError, AttributeError):
-        return path
-
 
 def progress_snippet(jobid: str, mount: str = '/' + DEFAULT_MOUNT,
                      include_assets: bool = True) -> Markup:
@@ -92,43 +87,6 @@ def progress_snippet(jobid: str, mount: str = '/' + DEFAULT_MOUNT,
 
 # -- the controller ---------------------------------------------------------------
 
-def _respond(body: str | bytes, content_type: str, status: int = 200,
-             cache: str = 'no-store') -> bytes:
-    """Set the status and headers of a response whose body is ``body``, returned as bytes."""
-    response = tg.response
-    response.status_int = status
-    response.content_type = content_type
-    if content_type.startswith('text/') or content_type == 'application/json':
-        response.charset = 'utf-8'
-    response.headers['Cache-Control'] = cache
-    # Job pages carry ids worth keeping private: never leak them to other sites.
-    response.headers['Referrer-Policy'] = 'same-origin'
-    response.headers['X-Content-Type-Options'] = 'nosniff'
-    # Text a job left behind may hold lone surrogates, which UTF-8 cannot encode.
-    return body.encode('utf-8', 'replace') if isinstance(body, str) else body
-
-
-def _not_found(what: str) -> bytes:
-    """A bare 404: no page, no asset URL, nothing taken from the request path."""
-    return _respond(f'{what} not found', 'text/plain', 404)
-
-
-def _mount_url() -> str | None:
-    """URL of the controller's mount point, where TurboGears' dispatch found it: the
-    path segments dispatched up to the current action (its arguments excluded), so
-    links work wherever it is mounted and never depend on a job id. ``None`` if a
-    segment is one a browser would resolve (``.`` or ``..``)."""
-    request = tg.request
-    state = request.dispatch_state
-    path = list(state.path)
-    consumed = path[:len(path) - len(state.remainder or ())]
-    segments = [segment for segment in consumed[:-1] if segment != '']  # [-1]: the action
-    if any(segment in ('.', '..') for segment in segments):
-        return None
-    return request.script_name + ''.join('/' + urllib.parse.quote(segment, safe='')
-                                         for segment in segments)
-
-
 def _back_url() -> tuple[str, str]:
     """Where the progress page's "back" link goes, and its text: ``asyncjob.back_url``
     if set; else the referring page if it is of this site (and not this page); else
@@ -147,7 +105,7 @@ def _back_url() -> tuple[str, str]:
     return request.script_name + '/', 'Back to the application'
 
 
-class AsyncJobController(TGController):
+class AsyncJobController(JobsPages, TGController):
     """Job status as JSON, a progress page, and a list of recent jobs.
 
     Status and progress pages are open to anyone holding a job id (ids are 128-bit
@@ -203,7 +161,7 @@ class AsyncJobController(TGController):
                             error.get('traceback', '') if error else '', message_of(status))
         body = Markup('<p class="asyncjob-id">Job <code>{jobid}</code>{name}</p>\n{bar}'
                       '<noscript><p>Reload this page to see the latest progress.</p></noscript>\n'
-                      '{jobs}').format(jobid=jobid, bar=bar, jobs=_jobs_link(base),
+                      '{jobs}').format(jobid=jobid, bar=bar, jobs=_jobs_link(base, jobid),
                                name=Markup(': <code>{}</code>').format(status.name)
                                if status is not None and status.name else '')
         back, back_text = _back_url()
@@ -211,42 +169,6 @@ class AsyncJobController(TGController):
                      '</nav>\n').format(back, back_text)
         page = PAGE.format(title='Job progress', base=base, body=body, nav=nav)
         return _respond(str(page), 'text/html', code)
-
-    @expose()
-    def jobs(self, limit: str = '50', **params: Any) -> bytes:
-        """``jobs`` (HTML) or ``jobs.json``: the most recent jobs, newest first."""
-        as_json = tg.request.response_type == 'application/json'
-        base = _mount_url()
-        if base is None:
-            return _not_found('page')
-        if not jobs_page_allowed():
-            return self._jobs_error(as_json, base, 403, 'Listing jobs is not allowed here. '
-                                    'Set asyncjob.jobs_access to allow it.')
-        try:
-            count = max(1, min(int(limit), _JOBS_LIMIT_MAX))
-        except ValueError:
-            count = 50
-        from .locate import current_queue
-        try:
-            jobs = current_queue().recent(count)
-        except NotImplementedError as exc:
-            return self._jobs_error(as_json, base, 501, str(exc))
-        except (TrackerUnavailable, NoWorkerError) as exc:
-            return self._jobs_error(as_json, base, 503, f'Job list unavailable: {exc}')
-        details = tracebacks_allowed()
-        if as_json:
-            items = [status_body(status, details, traceback=False) for status in jobs]
-            return _respond(jsonsafe.dumps({'jobs': items}), 'application/json')
-        page = PAGE.format(title='Recent jobs', base=base, nav='',
-                            body=jobs_table(jobs, base, details))
-        return _respond(str(page), 'text/html')
-
-    def _jobs_error(self, as_json: bool, base: str, code: int, message: str) -> bytes:
-        if as_json:
-            return _respond(jsonsafe.dumps({'error': message}), 'application/json', code)
-        body = Markup('<p class="asyncjob-error" role="alert">{}</p>').format(message)
-        return _respond(str(PAGE.format(title='Recent jobs', base=base, body=body, nav='')),
-                        'text/html', code)
 
     @expose()
     def static(self, name: str = '', *rest: str, **params: Any) -> bytes:
@@ -266,12 +188,6 @@ class AsyncJobController(TGController):
         return _respond(data, content_type, cache='public, max-age=300')
 
 
-def _strip_json(jobid: str) -> str:
-    # TG strips ".json" off the URL when request extensions are on; when an app turned
-    # them off (disable_request_extensions) the id still carries it.
-    return jobid[:-5] if jobid.endswith('.json') else jobid
-
-
 _static_cache: dict[str, bytes] = {}
 
 
@@ -284,11 +200,12 @@ def _static_bytes(filename: str) -> bytes:
     return data
 
 
-def _jobs_link(base: str) -> Markup:
+def _jobs_link(base: str, jobid: str) -> Markup:
     # Only offered to those who may open it.
     if not jobs_page_allowed():
         return Markup('')
-    return Markup('<p><a href="{}/jobs">All recent jobs</a></p>\n').format(base)
+    return Markup('<p><a href="{}/job/{}">Job details</a> &middot; '
+                  '<a href="{}/jobs">All recent jobs</a></p>\n').format(base, jobid, base)
 
 
 # -- mounting -------------------------------------------------------------------------

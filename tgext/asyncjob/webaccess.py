@@ -1,5 +1,7 @@
 """Who may see what on the job pages: ``asyncjob.show_tracebacks`` (error messages
-and tracebacks) and ``asyncjob.jobs_access`` (the job list).
+and tracebacks), ``asyncjob.jobs_access`` (the job list) and ``asyncjob.show_arguments``
+(a job's arguments, which a record keeps for retries: they may carry personal data or
+secrets, so pages show them only where this allows).
 
 Each is a bool (or an .ini string), or a callable taking no arguments called per
 request; unset, only a ``debug`` application allows.
@@ -16,10 +18,11 @@ from . import settings
 
 log = logging.getLogger('tgext.asyncjob')
 
-__all__ = ['check_access_rules', 'tracebacks_allowed', 'jobs_page_allowed']
+__all__ = ['check_access_rules', 'tracebacks_allowed', 'jobs_page_allowed',
+           'arguments_allowed']
 
 
-_ACCESS_SETTINGS = ('show_tracebacks', 'jobs_access')
+_ACCESS_SETTINGS = ('show_tracebacks', 'jobs_access', 'show_arguments')
 
 
 def _access_rule(conf: Mapping[str, Any], name: str) -> Any:
@@ -31,8 +34,8 @@ def _access_rule(conf: Mapping[str, Any], name: str) -> Any:
 
 
 def check_access_rules(conf: Mapping[str, Any]) -> None:
-    """``ValueError`` naming the key if ``asyncjob.show_tracebacks`` or
-    ``asyncjob.jobs_access`` is not a valid rule. Called at start-up by
+    """``ValueError`` naming the key if ``asyncjob.show_tracebacks``,
+    ``asyncjob.jobs_access`` or ``asyncjob.show_arguments`` is not a valid rule. Called at start-up by
     :func:`~tgext.asyncjob.web.mount_from_config`."""
     for name in _ACCESS_SETTINGS:
         _access_rule(conf, name)
@@ -70,3 +73,9 @@ def tracebacks_allowed() -> bool:
 def jobs_page_allowed() -> bool:
     """True when this request may list jobs (``asyncjob.jobs_access``)."""
     return _allowed(tg.config, 'jobs_access')
+
+
+def arguments_allowed() -> bool:
+    """True when this request may see jobs' arguments (``asyncjob.show_arguments``):
+    pass it as ``JobStatus.to_dict(include_arguments=...)``."""
+    return _allowed(tg.config, 'show_arguments')

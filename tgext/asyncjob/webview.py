@@ -16,7 +16,8 @@ from markupsafe import Markup
 from .job import JobError, JobState, JobStatus
 
 __all__ = ['HIDDEN_ERROR', 'percent_of', 'status_body', 'error_body', 'error_text',
-           'message_of', 'bar_html', 'jobs_table', 'PAGE', 'STATE_TEXT']
+           'message_of', 'bar_html', 'PAGE', 'STATE_TEXT', 'time_text', 'took_text',
+           'breakable']
 
 #: Shown instead of a failed job's message unless tracebacks are allowed or the job
 #: raised :class:`~tgext.asyncjob.errors.JobFailed` (a message meant for the user):
@@ -83,9 +84,11 @@ def bar_html(jobid: str, status_url: str, state: str, percent: int | None, text:
              traceback=traceback, tb_hidden=Markup('') if traceback else Markup(' hidden'))
 
 
-def status_body(status: JobStatus, details: bool, traceback: bool = True) -> dict[str, Any]:
+def status_body(status: JobStatus, details: bool, traceback: bool = True,
+                arguments: bool = False) -> dict[str, Any]:
     """The status JSON of a job: its :class:`JobStatus` fields, ``percent`` and
-    ``finished``; the error as :func:`error_body` shows it.
+    ``finished``; the error as :func:`error_body` shows it; ``args`` and ``kwargs``
+    only with ``arguments`` (anyone with the id may read a status).
 
     Built from the fields one level deep (not ``dataclasses.asdict``, which deep-copies
     and fails on circular or uncopyable results); :func:`jsonsafe.dumps` encodes it.
@@ -95,6 +98,9 @@ def status_body(status: JobStatus, details: bool, traceback: bool = True) -> dic
     body['error'] = error_body(status.error, details, traceback)
     body['percent'] = percent_of(status)
     body['finished'] = status.finished
+    if not arguments:
+        body.pop('args', None)
+        body.pop('kwargs', None)
     return body
 
 
@@ -144,14 +150,16 @@ STATE_TEXT = {
 }
 
 
-def _time(ts: float | None) -> str:
+def time_text(ts: float | None) -> str:
+    """An epoch time as ``YYYY-MM-DD HH:MM:SS`` in UTC; empty for ``None``."""
     if ts is None:
         return ''
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
         '%Y-%m-%d %H:%M:%S')
 
 
-def _took(status: JobStatus) -> str:
+def took_text(status: JobStatus) -> str:
+    """How long a finished job ran, ``1.5 s``; empty if it never ran or still runs."""
     if status.started_at is None or status.finished_at is None:
         return ''
     return f'{max(status.finished_at - status.started_at, 0):.1f} s'
@@ -176,34 +184,8 @@ PAGE = Markup('''<!DOCTYPE html>
 ''')
 
 
-def _breakable(name: str) -> Markup:
+def breakable(name: str) -> Markup:
+    """A dotted name that may wrap after its dots."""
     # A dotted name may wrap after each dot, and only there: a narrow column then
     # shows "tgext.asyncjob." / "demo.app.write_rows", never "dem" / "o.app".
     return Markup('.<wbr>').join(name.split('.'))
-
-
-def jobs_table(jobs: list[JobStatus], base: str, details: bool) -> Markup:
-    """The job list's table, newest first; errors as :func:`error_body` shows them."""
-    if not jobs:
-        return Markup('<p>No jobs yet.</p>')
-    rows = []
-    for status in jobs:
-        percent = percent_of(status)
-        state = status.state.value
-        rows.append(Markup(
-            '<tr data-state="{state}"><td><a href="{base}/progress/{id}"><code>{short}</code>'
-            '</a></td><td class="asyncjob-name">{name}</td>'
-            '<td><span class="asyncjob-badge">{state_text}</span></td>'
-            '<td>{percent}</td><td class="asyncjob-time">{enqueued}</td>'
-            '<td class="asyncjob-time">{took}</td><td>{error}</td></tr>'
-        ).format(state=state, base=base, id=status.id, short=status.id[:12],
-                 name=_breakable(status.name or ''), state_text=STATE_TEXT.get(state, state),
-                 percent='' if percent is None else f'{percent}%',
-                 enqueued=_time(status.enqueued_at), took=_took(status),
-                 error=error_text(error_body(status.error, details)) or status.detail))
-    return Markup(
-        '<div class="asyncjob-scroll"><table class="asyncjob-jobs">\n<thead><tr>'
-        '<th scope="col">Job</th><th scope="col">Callable</th><th scope="col">State</th>'
-        '<th scope="col">Progress</th><th scope="col">Queued (UTC)</th><th scope="col">Took</th>'
-        '<th scope="col">Detail</th></tr></thead>\n<tbody>\n{}\n</tbody>\n</table></div>'
-    ).format(Markup('\n').join(rows))

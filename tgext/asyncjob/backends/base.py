@@ -172,6 +172,13 @@ class Backend:
         if self._scheduler is not None:
             self._scheduler.after_fork()
 
+    def live_workers(self) -> list[str] | None:
+        """The worker processes alive now (one description each), for health checks;
+        ``None`` when this backend has no worker processes to look for (default).
+        Raises :class:`~tgext.asyncjob.errors.TrackerUnavailable` if their registry
+        cannot be reached."""
+        return None
+
     def work(self, *, threads: int = 1, burst: bool = False,
              queues: list[str] | None = None) -> None:
         """Run jobs in this process until stopped: the loop of the worker command

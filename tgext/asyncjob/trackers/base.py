@@ -10,14 +10,22 @@ built: a tracker that lacks a method fails there, not in a worker thread.
 
 A record is a plain dict with some of: ``state``, ``name``, ``enqueued_at``,
 ``started_at``, ``finished_at``, ``attempt``, ``eta``, ``progress``, ``data``,
-``result``, ``error`` (a dict of ``type``, ``message``, ``traceback``) and ``detail``.
+``result``, ``error`` (a dict of ``type``, ``message``, ``traceback``) and ``detail``;
+for operating jobs (listing, retrying) also ``func`` (the callable's ``module:qualname``,
+when it has one), ``args`` and ``kwargs`` (kept where the store can: the memory tracker
+keeps the objects, Redis and SQL keep JSON; absent otherwise), ``retry_of`` and
+``retried_as`` (the ids of the job a retry copied, and of its copy).
 
 Rules every store keeps (``tests/test_contract_trackers.py`` checks them all):
 
 * a finished record (``succeeded``, ``failed``, ``cancelled``) is final: ``update``,
   ``set_progress`` and a second ``finish`` leave it as it is;
 * results and error texts are kept within a byte budget (:data:`RESULT_BUDGET` by
-  default): beyond it they are stored truncated, and the record's ``detail`` says so.
+  default): beyond it they are stored truncated, and the record's ``detail`` says so;
+* listing (``supports_listing``): :meth:`JobStore.query` pages through every record
+  kept, newest first, filtered by state and callable name, and :meth:`JobStore.counts`
+  counts them by state; :meth:`~JobStore.delete_finished` and
+  :meth:`~JobStore.purge_finished` remove finished records only, never a live job's.
 """
 from __future__ import annotations
 
@@ -26,7 +34,11 @@ import sys
 import threading
 from typing import Any, Iterable, Protocol, runtime_checkable
 
+from ..errors import OperationUnsupported
+
 QUEUED_PROGRESS = (-1, None)
+#: What the default :meth:`ProgressTracker.query` asks ``recent()`` for: everything.
+UNBOUNDED = 2 ** 31 - 1
 FINISHED_STATES = frozenset({'succeeded', 'failed', 'cancelled'})
 
 # Bytes of a result, an error message or a traceback a tracker keeps (UTF-8 / JSON
@@ -58,6 +70,60 @@ def progress_from_record(record: dict[str, Any] | None) -> tuple[int, Any] | Non
     if state == 'running':
         return (record.get('progress') or 0, record.get('data'))
     return None
+
+
+#: The states a store counts (:meth:`JobStore.counts` answers each, 0 included).
+STATES = ('queued', 'running', 'succeeded', 'failed', 'cancelled')
+
+#: Fields :meth:`JobStore.annotate` may write on any record, finished or not.
+ANNOTATIONS = frozenset({'retry_of', 'retried_as'})
+
+
+def check_page(state: str | None, name: str | None, offset: int, limit: int) -> None:
+    """``ValueError``/``TypeError`` for a listing query no store should run."""
+    if state is not None and state not in STATES:
+        raise ValueError(f'unknown job state {state!r}: use one of {", ".join(STATES)}')
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f'name must be a string (the callable\'s dotted name), got {name!r}')
+    for what, value, minimum in (('offset', offset, 0), ('limit', limit, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f'{what} must be an int >= {minimum}, got {value!r}')
+
+
+def check_annotations(fields: dict[str, Any]) -> None:
+    """``ValueError`` for fields :meth:`JobStore.annotate` must not write (a state...)."""
+    wrong = set(fields) - ANNOTATIONS
+    if wrong:
+        raise ValueError(f'annotate() writes only {", ".join(sorted(ANNOTATIONS))}, '
+                         f'not {", ".join(sorted(wrong))}')
+
+
+def page_of(items: Iterable[tuple[str, dict[str, Any]]], state: str | None, name: str | None,
+            offset: int, limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """The page of ``items`` (newest first already) a :meth:`JobStore.query` answers."""
+    page: list[tuple[str, dict[str, Any]]] = []
+    skipped = 0
+    for entryid, record in items:
+        if state is not None and record.get('state') != state:
+            continue
+        if name is not None and record.get('name') != name:
+            continue
+        if skipped < offset:
+            skipped += 1
+            continue
+        page.append((entryid, record))
+        if len(page) >= limit:
+            break
+    return page
+
+
+def count_states(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Records per state, every state of :data:`STATES` present."""
+    counts = dict.fromkeys(STATES, 0)
+    for record in records:
+        state = str(record.get('state'))
+        counts[state] = counts.get(state, 0) + 1
+    return counts
 
 
 # -- byte budgets --------------------------------------------------------------------
@@ -162,6 +228,25 @@ class JobStore(Protocol):
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """The most recently queued jobs, newest first (``supports_listing``)."""
 
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """Records newest first (by enqueue time), only those in ``state`` and of the
+        callable ``name`` when given, skipping ``offset`` of them (``supports_listing``)."""
+
+    def counts(self) -> dict[str, int]:
+        """How many records are kept in each state (every state of :data:`STATES`)."""
+
+    def delete_finished(self, entryid: str) -> bool:
+        """Remove a finished record; False (nothing done) if it is live or unknown."""
+
+    def purge_finished(self, older_than: float) -> int:
+        """Remove the records of jobs finished more than ``older_than`` seconds ago;
+        return how many."""
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Merge :data:`ANNOTATIONS` fields into a record, finished or not (a no-op
+        for an unknown id)."""
+
     def flush(self) -> None:
         """Send writes still buffered (a no-op for stores that buffer nothing)."""
 
@@ -218,7 +303,40 @@ class ProgressTracker:
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """The most recently queued jobs, newest first (``supports_listing``)."""
-        raise NotImplementedError(f'{type(self).__name__} cannot list jobs')
+        raise OperationUnsupported(f'{type(self).__name__} cannot list jobs')
+
+    # Defaults for trackers written before these methods: built on recent(), which
+    # pages through no more than it returns; the built-in trackers override them all.
+
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """A page of :meth:`recent` (by default: within what ``recent`` returns)."""
+        check_page(state, name, offset, limit)
+        if not self.supports_listing:
+            raise OperationUnsupported(f'{type(self).__name__} cannot list jobs')
+        return page_of(self.recent(UNBOUNDED), state, name, offset, limit)
+
+    def counts(self) -> dict[str, int]:
+        """Counted over :meth:`recent` (by default)."""
+        if not self.supports_listing:
+            raise OperationUnsupported(f'{type(self).__name__} cannot count jobs')
+        return count_states(record for _, record in self.recent(UNBOUNDED))
+
+    def delete_finished(self, entryid: str) -> bool:
+        """:meth:`remove` if :meth:`get_record` says finished (by default)."""
+        record = self.get_record(entryid)
+        if record is None or record.get('state') not in FINISHED_STATES:
+            return False
+        self.remove(entryid)
+        return True
+
+    def purge_finished(self, older_than: float) -> int:
+        """Not by default: a tracker that cannot list cannot find old records."""
+        raise OperationUnsupported(f'{type(self).__name__} cannot purge finished jobs')
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Not by default: retries then record no links."""
+        raise OperationUnsupported(f'{type(self).__name__} cannot annotate job records')
 
     def flush(self) -> None:
         """Nothing is buffered by default."""
@@ -286,7 +404,25 @@ class LegacyTrackerAdapter:
         return {'state': 'running', 'progress': progress[0], 'data': progress[1]}
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
-        raise NotImplementedError(f'{type(self.tracker).__name__} cannot list jobs')
+        raise OperationUnsupported(f'{type(self.tracker).__name__} cannot list jobs')
+
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        raise OperationUnsupported(f'{type(self.tracker).__name__} cannot list jobs')
+
+    def counts(self) -> dict[str, int]:
+        raise OperationUnsupported(f'{type(self.tracker).__name__} cannot count jobs')
+
+    def delete_finished(self, entryid: str) -> bool:
+        raise OperationUnsupported(f'{type(self.tracker).__name__} keeps no finished jobs '
+                                   'to delete')
+
+    def purge_finished(self, older_than: float) -> int:
+        raise OperationUnsupported(f'{type(self.tracker).__name__} keeps no finished jobs '
+                                   'to purge')
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        raise OperationUnsupported(f'{type(self.tracker).__name__} keeps no job records')
 
     def flush(self) -> None:
         flush = getattr(self.tracker, 'flush', None)

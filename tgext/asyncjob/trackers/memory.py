@@ -9,7 +9,8 @@ from typing import Any
 
 from ..forking import reset_in_child
 from .base import (FINISHED_STATES, RESULT_BUDGET, ProgressTracker, approx_size,
-                   check_progress_value, clip_error, clip_text, note_truncation)
+                   check_annotations, check_page, check_progress_value, clip_error,
+                   clip_text, count_states, note_truncation, page_of)
 
 
 def _safe_repr(value: Any) -> str:
@@ -110,9 +111,19 @@ class MemoryProgressTracker(ProgressTracker):
             record = self._live.pop(entryid, None) or {}
             if 'data' in record:
                 record['data'] = self._clip(record['data'], 'progress data', cut)
+            self._drop_big_arguments(record)
             record.update(fields)
             note_truncation(record, cut, self.max_result_bytes)
             self._keep_finished(entryid, record, now)
+
+    def _drop_big_arguments(self, record: dict[str, Any]) -> None:
+        # Kept past the job's end for retries and the jobs page, but within the result
+        # budget: a job's big input must not be held for the whole retention.
+        budget = self.max_result_bytes
+        size = sum(approx_size(record.get(name), budget) for name in ('args', 'kwargs'))
+        if size > budget:
+            record.pop('args', None)
+            record.pop('kwargs', None)
 
     def _clip(self, value: Any, what: str, cut: list[str]) -> Any:
         """``value``, or its (truncated) repr() if it holds more than the budget."""
@@ -127,7 +138,7 @@ class MemoryProgressTracker(ProgressTracker):
         # Called with the lock held (or in a fresh child). Each part is within its
         # budget by now, so sizing is cheap.
         size = 0
-        for name in ('result', 'error', 'data', 'detail'):
+        for name in ('result', 'error', 'data', 'detail', 'args', 'kwargs'):
             value = record.get(name)
             if value is not None:
                 size += approx_size(value, self.max_bytes)
@@ -177,9 +188,52 @@ class MemoryProgressTracker(ProgressTracker):
 
     def recent(self, limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
         """Newest first, live and finished jobs together."""
+        return self._newest_first()[:limit]
+
+    def _newest_first(self) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
             self._prune(time.time())
             items = [(k, self._public(v))
                      for k, v in list(self._live.items()) + list(self._finished.items())]
         items.sort(key=lambda item: item[1].get('enqueued_at') or 0, reverse=True)
-        return items[:limit]
+        return items
+
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """A page of every record kept, newest first (a sort of all of them: the memory
+        tracker holds at most ``max_finished`` finished ones)."""
+        check_page(state, name, offset, limit)
+        return page_of(self._newest_first(), state, name, offset, limit)
+
+    def counts(self) -> dict[str, int]:
+        """Records kept per state."""
+        with self._lock:
+            self._prune(time.time())
+            return count_states(list(self._live.values()) + list(self._finished.values()))
+
+    def delete_finished(self, entryid: str) -> bool:
+        """Forget a finished record; False for a live or unknown job."""
+        with self._lock:
+            record = self._finished.pop(entryid, None)
+            if record is None:
+                return False
+            self._finished_bytes -= record['_bytes']
+            return True
+
+    def purge_finished(self, older_than: float) -> int:
+        """Forget the jobs finished more than ``older_than`` seconds ago."""
+        cutoff = time.time() - older_than
+        with self._lock:
+            old = [k for k, v in self._finished.items()
+                   if v.get('finished_at') is not None and v['finished_at'] < cutoff]
+            for entryid in old:
+                self._finished_bytes -= self._finished.pop(entryid)['_bytes']
+        return len(old)
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Merge link fields into a live or finished record."""
+        check_annotations(fields)
+        with self._lock:
+            record = self._live.get(entryid) or self._finished.get(entryid)
+            if record is not None:
+                record.update(fields)

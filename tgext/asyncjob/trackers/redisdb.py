@@ -1,8 +1,11 @@
 """Keeps job records in Redis, so every process of an application sees them.
 
 Each job is one hash, ``<prefix>job:<id>``, refreshed to expire on every write; a
-sorted set ``<prefix>recent`` indexes jobs by enqueue time for listing. Every call is
-one round trip (commands are pipelined). Ids that are not ours are never looked up,
+sorted set ``<prefix>recent`` indexes jobs by enqueue time for listing, and one sorted
+set per state, ``<prefix>state:<state>``, the jobs in that state (kept by the same
+scripts that change a record's state), so listing a state pages through that set and
+counting is one ``ZCARD`` per state. Index entries whose record expired are dropped by
+the listing that meets them. Every call is one round trip (commands are pipelined). Ids that are not ours are never looked up,
 so an id taken from a URL cannot read any other key. Writes after a job's first go
 through a small Lua script that leaves a finished record alone, so no write from
 any process, however late, brings a finished job back to life.
@@ -17,9 +20,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .. import strictjson
 from ..errors import TrackerUnavailable
 from ..job import is_job_id
-from .base import (RESULT_BUDGET, ProgressTracker, check_progress_value, clip_error,
+from .base import (FINISHED_STATES, RESULT_BUDGET, STATES, ProgressTracker,
+                   check_annotations, check_page, check_progress_value, clip_error,
                    clip_text, note_truncation, progress_from_record)
 from .redisurl import check_redis_url
 from .writebehind import WriteBehind
@@ -29,17 +34,77 @@ if TYPE_CHECKING:
 
 __all__ = ['RedisProgressTracker', 'check_redis_url']
 
-_JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail')
+_JSON_FIELDS = ('data', 'result', 'error', 'name', 'detail', 'args', 'kwargs')
 
-# HSET + EXPIRE unless the record is finished. KEYS[1]: the job's hash; ARGV[1]: the
-# ttl; then field, value pairs. Returns 1 if written.
+# HSET + EXPIRE unless the record is finished, moving the job between the state index
+# sets when its state changes. KEYS[1]: the job's hash, KEYS[2]: the recent index;
+# ARGV[1]: the ttl, ARGV[2]: the state sets' prefix, ARGV[3]: the job's id; then
+# field, value pairs. Returns 1 if written.
 _WRITE_UNLESS_FINISHED = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  for i = 4, #ARGV, 2 do
+    if ARGV[i] == 'state' and ARGV[i + 1] ~= state then
+      local score = redis.call('ZSCORE', KEYS[2], ARGV[3])
+      if score then
+        if state then redis.call('ZREM', ARGV[2] .. state, ARGV[3]) end
+        redis.call('ZADD', ARGV[2] .. ARGV[i + 1], score, ARGV[3])
+      end
+    end
+  end
+end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+# Delete a finished record and its index entries. KEYS[1]: the hash, KEYS[2]: the
+# recent index; ARGV[1]: the state sets' prefix, ARGV[2]: the id. Returns 1 if deleted.
+_DELETE_IF_FINISHED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', ARGV[1] .. state, ARGV[2])
+return 1
+"""
+
+# HSET on an existing record only, whatever its state, its expiry untouched.
+_ANNOTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# The ids of a page of an index, newest first, of records that exist and match.
+# KEYS[1]: the index; ARGV: the job keys' prefix, offset, limit, the name as stored
+# (JSON) or '', the state or ''. Walks the index: cost grows with the records passed.
+_WALK = """
+local prefix, offset, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local name, state = ARGV[4], ARGV[5]
+local out, skipped, pos, chunk = {}, 0, 0, 500
+while #out < limit do
+  local ids = redis.call('ZREVRANGE', KEYS[1], pos, pos + chunk - 1)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local fields = redis.call('HMGET', prefix .. id, 'name', 'state')
+    if fields[2] and (name == '' or fields[1] == name)
+        and (state == '' or fields[2] == state) then
+      if skipped < offset then skipped = skipped + 1
+      else
+        out[#out + 1] = id
+        if #out >= limit then break end
+      end
+    end
+  end
+  pos = pos + chunk
+end
+return out
+"""
+
+#: Rows looked at per round trip by :meth:`RedisProgressTracker.purge_finished`.
+PURGE_BATCH = 500
 
 # One write: adds its commands to a pipeline.
 Write = Callable[[Any], Any]
@@ -100,6 +165,7 @@ class RedisProgressTracker(ProgressTracker):
         self.max_data_bytes = int(max_data_bytes)
         self.max_result_bytes = int(max_result_bytes)
         self._recent = f'{prefix}recent'
+        self._states = f'{prefix}state:'
         self._behind = WriteBehind(self._send_batch, write_behind) if write_behind else None
         self._down = False
 
@@ -136,11 +202,16 @@ class RedisProgressTracker(ProgressTracker):
         else:
             self._behind.add(write)
 
-    def _guarded(self, key: str, mapping: dict[str, str], ttl: int) -> Write:
-        args: list[str | int] = [ttl]
+    def _guarded(self, entryid: str, mapping: dict[str, str], ttl: int) -> Write:
+        key = self._require_key(entryid)
+        args: list[str | int] = [ttl, self._states, entryid]
         for name, value in mapping.items():
             args += [name, value]
-        return lambda pipe: pipe.eval(_WRITE_UNLESS_FINISHED, 1, key, *args)
+        recent = self._recent
+        return lambda pipe: pipe.eval(_WRITE_UNLESS_FINISHED, 2, key, recent, *args)
+
+    def _indexes(self) -> list[str]:
+        return [self._recent] + [self._states + state for state in STATES]
 
     def flush(self) -> None:
         """Send the start and end writes still waiting in the write-behind buffer."""
@@ -195,12 +266,25 @@ class RedisProgressTracker(ProgressTracker):
                 out['result'] = _dumps(text, 'the result')
                 cut.append(f'result truncated from {size} bytes of JSON')
         note_truncation(fields, cut, budget)
+        if 'args' in fields or 'kwargs' in fields:
+            self._encode_arguments(fields, out)
         for k, v in fields.items():
-            if v is None or k in out:
+            if v is None or k in out or k in ('args', 'kwargs'):
                 continue
             out[k] = (_dumps(v, k) if k in _JSON_FIELDS else repr(v) if isinstance(v, float)
                       else str(v))
         return out
+
+    def _encode_arguments(self, fields: dict[str, Any], out: dict[str, str]) -> None:
+        """Arguments are kept (for retries and the jobs page) only when they are JSON
+        that reads back as they are and fit ``max_data_bytes``; else neither is kept."""
+        try:
+            args = strictjson.dumps(list(fields.get('args') or ()))
+            kwargs = strictjson.dumps(dict(fields.get('kwargs') or {}))
+        except (TypeError, ValueError, RecursionError):
+            args = kwargs = ''
+        if args and len(args.encode()) + len(kwargs.encode()) <= self.max_data_bytes:
+            out.update(args=args, kwargs=kwargs)
 
     def check_data(self, value: int, message: Any) -> str:
         """Encode progress, raising ``TypeError``/``ValueError`` for what Redis cannot hold."""
@@ -222,6 +306,7 @@ class RedisProgressTracker(ProgressTracker):
         record = record or {'state': 'queued'}
         score = record.get('enqueued_at') or time.time()
         mapping, ttl, recent = self._encode(record), self.timeout, self._recent
+        by_state = self._states + str(record.get('state', 'queued'))
 
         def write(pipe: Any) -> None:
             # redis-py types the mapping with an invariant key, which no dict[str, str]
@@ -229,41 +314,43 @@ class RedisProgressTracker(ProgressTracker):
             pipe.hset(key, mapping=cast('Mapping[FieldT, EncodableT]', mapping))
             pipe.expire(key, ttl)
             pipe.zadd(recent, {entryid: score})
+            pipe.zadd(by_state, {entryid: score})
         self._send_batch([write])
 
     def remove(self, entryid: str) -> None:
         """Forget a job (after its writes still buffered)."""
         key = self._key(entryid)
         if key is not None:
-            recent = self._recent
+            indexes = self._indexes()
 
             def write(pipe: Any) -> None:
                 pipe.delete(key)
-                pipe.zrem(recent, entryid)
+                for index in indexes:
+                    pipe.zrem(index, entryid)
             self._send_in_order(write)
 
     def set_progress(self, entryid: str, value: int, message: Any) -> None:
         """Store progress (one round trip, after the job's buffered writes); the key's
         expiry is refreshed. Ignored once the job is finished."""
         encoded = self.check_data(value, message)
-        key = self._require_key(entryid)
         self._send_in_order(self._guarded(
-            key, {'state': 'running', 'progress': str(value), 'data': encoded}, self.timeout))
+            entryid, {'state': 'running', 'progress': str(value), 'data': encoded},
+            self.timeout))
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
         """Merge fields into a live job's record. Ignored once the job is finished."""
-        self._send_later(self._guarded(self._require_key(entryid), self._encode(fields),
-                                       self.timeout))
+        self._send_later(self._guarded(entryid, self._encode(fields), self.timeout))
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
         """Store the final state for ``retention`` seconds, unless the job already has
         one; drop index entries past the retention."""
-        write = self._guarded(self._require_key(entryid), self._encode(fields), self.retention)
-        recent, cutoff = self._recent, time.time() - self.retention
+        write = self._guarded(entryid, self._encode(fields), self.retention)
+        indexes, cutoff = self._indexes(), time.time() - self.retention
 
         def finish_write(pipe: Any) -> None:
             write(pipe)
-            pipe.zremrangebyscore(recent, '-inf', cutoff)
+            for index in indexes:
+                pipe.zremrangebyscore(index, '-inf', cutoff)
         self._send_later(finish_write)
 
     def get_record(self, entryid: str) -> dict[str, Any] | None:
@@ -312,3 +399,94 @@ class RedisProgressTracker(ProgressTracker):
         for entryid in ids:
             pipe.hgetall(f'{self.prefix}job:{entryid}')
         return [(i, self._decode(raw)) for i, raw in zip(ids, self._execute(pipe)) if raw]
+
+    # -- operating on many records ----------------------------------------------------
+
+    def _fetch(self, ids: list[str]) -> list[dict[bytes, bytes]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for entryid in ids:
+            pipe.hgetall(f'{self.prefix}job:{entryid}')
+        return list(self._execute(pipe))
+
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """A page of the index (all jobs, or those in ``state``), newest first: a range
+        of the sorted set, so any page costs the same. Filtered by ``name``, the index
+        is walked in Redis instead (one script; its cost grows with the offset)."""
+        check_page(state, name, offset, limit)
+        index = self._recent if state is None else self._states + state
+        if name is not None:
+            ids = [i.decode() for i in self._execute(lambda: self.redis.eval(
+                _WALK, 1, index, f'{self.prefix}job:', offset, limit,
+                json.dumps(name, ensure_ascii=False), state or ''))]
+            return [(i, self._decode(raw)) for i, raw in zip(ids, self._fetch(ids)) if raw]
+        for _ in range(10):  # each round drops the stale entries it met
+            ids = [i.decode() for i in self._execute(
+                lambda: self.redis.zrevrange(index, offset, offset + limit - 1))]
+            page, stale = [], []
+            for entryid, raw in zip(ids, self._fetch(ids)):
+                record = self._decode(raw) if raw else None
+                if record is None or (state is not None and record.get('state') != state):
+                    stale.append(entryid)  # expired, or moved by a write from an old version
+                else:
+                    page.append((entryid, record))
+            if not stale:
+                break
+            self._execute(lambda: self.redis.zrem(index, *stale))
+        return page
+
+    def counts(self) -> dict[str, int]:
+        """Index entries per state, in one round trip. An entry whose record expired
+        unfinished (its process vanished) counts until a listing of it drops it."""
+        pipe = self.redis.pipeline(transaction=False)
+        for state in STATES:
+            pipe.zcard(self._states + state)
+        return dict(zip(STATES, (int(n) for n in self._execute(pipe))))
+
+    def delete_finished(self, entryid: str) -> bool:
+        """Delete a finished record (after the writes still buffered); False for a
+        live or unknown job."""
+        key = self._key(entryid)
+        if key is None:
+            return False
+        self.flush()
+        return bool(self._execute(lambda: self.redis.eval(
+            _DELETE_IF_FINISHED, 2, key, self._recent, self._states, entryid)))
+
+    def purge_finished(self, older_than: float) -> int:
+        """Delete the records of jobs finished more than ``older_than`` seconds ago.
+        Candidates come from the finished states' sets (a job finished before the
+        cutoff was queued before it), read and deleted in batches."""
+        self.flush()
+        cutoff, purged = time.time() - older_than, 0
+        for state in sorted(FINISHED_STATES):
+            index = self._states + state
+            ids = [i.decode() for i in self._execute(
+                lambda: self.redis.zrangebyscore(index, '-inf', cutoff))]
+            for start in range(0, len(ids), PURGE_BATCH):
+                batch = ids[start:start + PURGE_BATCH]
+                pipe = self.redis.pipeline(transaction=False)
+                for entryid in batch:
+                    pipe.hmget(f'{self.prefix}job:{entryid}', 'state', 'finished_at')
+                ended = self._execute(pipe)
+                # No state: the record expired, only its index entry is left. No end
+                # time: not known to be old, kept (as by every store).
+                old = [i for i, (st, at) in zip(batch, ended)
+                       if st is None or (at is not None and float(at) < cutoff)]
+                if not old:
+                    continue
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.delete(*(f'{self.prefix}job:{i}' for i in old))
+                pipe.zrem(self._recent, *old)
+                pipe.zrem(index, *old)
+                deleted = self._execute(pipe)[0]
+                purged += int(deleted)
+        return purged
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Write link fields on an existing record, finished or not (after the job's
+        buffered writes); its expiry is left as it is."""
+        check_annotations(fields)
+        key = self._require_key(entryid)
+        args = [str(part) for item in fields.items() for part in item]
+        self._send_in_order(lambda pipe: pipe.eval(_ANNOTATE, 1, key, *args))

@@ -18,7 +18,7 @@ from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
-from ...errors import UnsupportedOption
+from ...errors import TrackerUnavailable, UnsupportedOption
 from ...job import Job, JobState
 from ...timelimits import OWN, register_foreign, time_limit_of
 from ..base import Backend
@@ -136,6 +136,16 @@ class RQBackend(Backend):
                  f'{kwargs.get("host", "localhost")}:{kwargs.get("port", 6379)}')
         return (f'rq: RQ queue {self.queue_name!r} on Redis {where}/{kwargs.get("db", 0)}; '
                 f'jobs run in worker processes (python -m tgext.asyncjob worker)')
+
+    def live_workers(self) -> list[str]:
+        """The RQ workers registered for this backend's queue (RQ drops a worker from
+        its registry when it stops, or once its heartbeat key expires after a kill);
+        :class:`TrackerUnavailable` if Redis cannot be reached."""
+        from rq import Worker
+        try:
+            return sorted(w.name for w in Worker.all(queue=self.rq_queue))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TrackerUnavailable(f'Redis is unreachable: {exc}') from exc
 
     def own_store(self) -> Any:
         """Workers write the records the web process reads: a memory tracker (this

@@ -4,7 +4,7 @@
 application's ``sqlalchemy.url``), ``asyncjob.backend.in_process`` (default true: the
 web process's ``asyncjob.workers`` threads run jobs too), ``asyncjob.backend.create_tables``
 (default true). The jobs table is the queue, the schedule and the job store at once, so
-every process sees every job. See README "Durable jobs in your database".
+every process sees every job. See docs/backends/sqlalchemy.rst.
 
 Every state change goes through the queue's lifecycle; the lifecycle's store (this
 backend's :class:`~.store.SQLJobStore`) turns each into a compare-and-set UPDATE, so
@@ -170,28 +170,33 @@ class SQLAlchemyBackend(Backend):
         return self._rows.pop(jobid, None)
 
     def insert(self, row: dict[str, Any]) -> None:
-        """Insert a job's row. Inside a transaction, through the application's session
-        when it is on the jobs database: atomic with the request's rows, committed even
-        without ORM changes (``mark_changed``); on another database, right after the
-        transaction commits (never for one that aborts). Outside a transaction, or in
-        immediate mode, alone. :class:`JobNotStored` if the database refuses."""
+        """Insert a job's row (see :meth:`write_with_request`). :class:`JobNotStored`
+        if the database refuses."""
         stmt = insert_statement(self.engines.dialect)
-        txn = None if self.immediate else _open_transaction()
-        session = self._app_session() if txn is not None else None
         try:
-            if session is not None and txn is not None:
-                from zope.sqlalchemy import mark_changed
-                session.execute(stmt, row)
-                mark_changed(session)
-                txn.addAfterCommitHook(self._wake_after_commit)
-            elif txn is not None:
-                txn.addAfterCommitHook(self._insert_after_commit, (stmt, row))
-            else:
-                retry_disconnect(lambda: self._execute_alone(stmt, row))
-                self.wake.set()
+            self.write_with_request(stmt, row, f'job {row["id"]} ({row["name"]})')
         except SQLAlchemyError as exc:
             raise JobNotStored(f'asyncjob: job {row["id"]} ({row["name"]}) could not be '
                                f'stored in the database, nothing was queued: {exc}') from exc
+
+    def write_with_request(self, stmt: Any, params: dict[str, Any], what: str) -> None:
+        """Execute ``stmt``. Inside a transaction, through the application's session
+        when it is on the jobs database: atomic with the request's rows, committed even
+        without ORM changes (``mark_changed``); on another database, right after the
+        transaction commits (never for one that aborts). Outside a transaction, or in
+        immediate mode, alone. Workers are woken once it is written."""
+        txn = None if self.immediate else _open_transaction()
+        session = self._app_session() if txn is not None else None
+        if session is not None and txn is not None:
+            from zope.sqlalchemy import mark_changed
+            session.execute(stmt, params)
+            mark_changed(session)
+            txn.addAfterCommitHook(self._wake_after_commit)
+        elif txn is not None:
+            txn.addAfterCommitHook(self._write_after_commit, (stmt, params, what))
+        else:
+            retry_disconnect(lambda: self._execute_alone(stmt, params))
+            self.wake.set()
 
     def enqueue(self, job: Job) -> None:
         """Nothing to hand over: the row inserted when the job was tracked is the queue."""
@@ -226,18 +231,26 @@ class SQLAlchemyBackend(Backend):
         if committed:
             self.wake.set()
 
-    def _insert_after_commit(self, committed: bool, stmt: Any, row: dict[str, Any]) -> None:
-        # asyncjob.backend.url is another database: the job is inserted once the
-        # request's transaction has committed (never for one that aborted).
+    def _write_after_commit(self, committed: bool, stmt: Any, params: dict[str, Any],
+                            what: str) -> None:
+        # asyncjob.backend.url is another database: written once the request's
+        # transaction has committed (never for one that aborted).
         if not committed:
             return
         try:
-            retry_disconnect(lambda: self._execute_alone(stmt, row))
+            retry_disconnect(lambda: self._execute_alone(stmt, params))
         except SQLAlchemyError:
-            log.exception('asyncjob %s (%s): the transaction committed but the job could '
-                          'not be stored: it will not run', row['id'], row['name'])
+            log.exception('asyncjob %s: the transaction committed but it could not be '
+                          'stored', what)
             return
         self.wake.set()
+
+    def live_workers(self) -> list[str]:
+        """Workers (``asyncjob_workers`` rows) whose heartbeat is younger than
+        ``lease_timeout``; :class:`TrackerUnavailable` if the database cannot be read."""
+        from .leases import live
+        now = time.time()
+        return list(self.store._read(lambda conn: live(conn, self.lease_timeout, now)))
 
     # -- cancelling ----------------------------------------------------------------
 

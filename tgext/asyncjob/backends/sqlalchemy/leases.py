@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
 
 from .engine import Engines
 from .schema import jobs, leases, workers
@@ -43,6 +44,14 @@ def retire(engines: Engines, worker_id: str) -> None:
     """Delete a stopping worker's row (its jobs have ended or been handed back)."""
     with engines.writing() as conn:
         conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+
+def live(conn: Connection, lease_timeout: float, now: float) -> list[str]:
+    """The workers whose heartbeat is younger than ``lease_timeout``, as ``id``
+    (``host:pid:random``), oldest first."""
+    return list(conn.execute(
+        select(workers.c.id).where(workers.c.heartbeat_at >= now - lease_timeout)
+        .order_by(workers.c.started_at)).scalars())
 
 
 def orphans(engines: Engines, lease_timeout: float, now: float) -> list[dict[str, Any]]:

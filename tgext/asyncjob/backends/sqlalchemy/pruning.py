@@ -20,7 +20,12 @@ def prune(engines: Engines, holder: str, retention: float, now: float,
     if another process holds the lease (and prunes)."""
     if not acquire(engines, 'prune', holder, lease_ttl, now):
         return None
-    cutoff = now - retention
+    return delete_finished_before(engines, now - retention, batch)
+
+
+def delete_finished_before(engines: Engines, cutoff: float, batch: int = BATCH) -> int:
+    """Delete jobs finished before ``cutoff`` (epoch seconds), ``batch`` rows per
+    transaction; return how many."""
     deleted = 0
     while True:
         with engines.writing() as conn:

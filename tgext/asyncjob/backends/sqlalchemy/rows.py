@@ -29,6 +29,7 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
         'meta': codec.dumps(meta) if meta else None, 'state': 'queued',
         'priority': int(getattr(options, 'priority', 0) or 0), 'run_at': run_at,
         'enqueued_at': job.enqueued_at, 'attempt': job.attempt, 'cancel_requested': False,
+        'retry_of': None,
         'concurrency_key': getattr(options, 'concurrency_key', None),
         'concurrency_limit': getattr(options, 'concurrency_limit', None),
         'time_limit': getattr(options, 'time_limit', None),
@@ -37,7 +38,7 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
 
 #: The columns :func:`job_row` fills.
 ROW_COLUMNS = ('id', 'queue', 'func', 'name', 'args', 'kwargs', 'retry', 'meta', 'state',
-               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested',
+               'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested', 'retry_of',
                'concurrency_key', 'concurrency_limit', 'time_limit')
 
 
@@ -54,8 +55,8 @@ def insert_statement(dialect: str) -> Executable:
 
 
 _RECORD_COLUMNS = ('state', 'name', 'enqueued_at', 'started_at', 'finished_at', 'attempt',
-                   'progress', 'detail')
-_JSON_COLUMNS = ('data', 'result', 'error', 'meta')
+                   'progress', 'detail', 'func', 'retry_of', 'retried_as')
+_JSON_COLUMNS = ('data', 'result', 'error', 'meta', 'args', 'kwargs')
 
 #: The columns a status read needs.
 RECORD_COLUMNS = [jobs.c.id, jobs.c.run_at, jobs.c.cancel_requested,

@@ -51,9 +51,13 @@ jobs = Table(
     Column('time_limit', Double),
     # Concurrency limits (keyed.py): at most this many running rows of concurrency_key.
     Column('concurrency_limit', Integer),
+    Column('retry_of', String(32)),  # the job a manual retry copied (asyncjob_retry)
+    Column('retried_as', String(32)),  # the copy a manual retry made of this job
     Index('ix_asyncjob_jobs_worker', 'worker_id'),  # rescue, cancel checks
-    Index('ix_asyncjob_jobs_finished', 'state', 'finished_at'),  # retention
+    Index('ix_asyncjob_jobs_finished', 'state', 'finished_at'),  # retention, purge
     Index('ix_asyncjob_jobs_enqueued', 'enqueued_at'),  # the jobs list, newest first
+    Index('ix_asyncjob_jobs_state_enqueued', 'state', 'enqueued_at'),  # list by state
+    Index('ix_asyncjob_jobs_name_enqueued', 'name', 'enqueued_at'),  # list by callable
     Index('ix_asyncjob_jobs_unique', 'unique_key'),
     Index('ix_asyncjob_jobs_concurrency', 'concurrency_key', 'state'),  # keyed claims
 )

@@ -11,12 +11,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ...errors import TrackerUnavailable
-from ...trackers.base import check_progress_value, progress_from_record
+from ...trackers.base import (STATES, check_annotations, check_page, check_progress_value,
+                              progress_from_record)
 from . import codec, transitions
+from .pruning import delete_finished_before
 from .rows import RECORD_COLUMNS, record_of
 from .engine import retry_disconnect
 from .runner import MAX_BACKOFF
@@ -57,6 +59,28 @@ class SQLJobStore:
         rows = self._read(lambda conn: conn.execute(query).all())
         return [(row.id, record_of(row)) for row in rows]
 
+    def query(self, state: str | None = None, name: str | None = None, offset: int = 0,
+              limit: int = 50) -> list[tuple[str, dict[str, Any]]]:
+        """A page of the jobs table, newest first (by the enqueue-time indexes)."""
+        check_page(state, name, offset, limit)
+        query = select(*RECORD_COLUMNS)
+        if state is not None:
+            query = query.where(jobs.c.state == state)
+        if name is not None:
+            query = query.where(jobs.c.name == name)
+        query = (query.order_by(jobs.c.enqueued_at.desc(), jobs.c.id.desc())
+                 .offset(offset).limit(limit))
+        rows = self._read(lambda conn: conn.execute(query).all())
+        return [(row.id, record_of(row)) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state: one ``GROUP BY``."""
+        query = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+        counted = dict.fromkeys(STATES, 0)
+        counted.update({state: int(n) for state, n in
+                        self._read(lambda conn: conn.execute(query).all())})
+        return counted
+
     def _read(self, call: Callable[[Any], Any]) -> Any:
         """``call(connection)`` on the read engine; once more after a dropped
         connection; :class:`TrackerUnavailable` while the database cannot be reached
@@ -76,6 +100,8 @@ class SQLJobStore:
         and writing its record are one INSERT."""
         row = self.backend.take_row(entryid)
         if row is not None:
+            if record and record.get('retry_of'):
+                row['retry_of'] = record['retry_of']  # in the INSERT: one transaction
             self.backend.insert(row)
 
     def update(self, entryid: str, fields: dict[str, Any]) -> None:
@@ -169,3 +195,24 @@ class SQLJobStore:
     def flush(self) -> None:
         """Write pending progress now."""
         self.backend.progress.flush()
+
+    def delete_finished(self, entryid: str) -> bool:
+        """Delete a finished job's row; False for a live or unknown one."""
+        if not isinstance(entryid, str) or len(entryid) > 32:
+            return False
+        with self.backend.engines.writing() as conn:
+            done = conn.execute(delete(jobs).where(
+                jobs.c.id == entryid, jobs.c.state.in_(transitions.FINAL_STATES)))
+        return bool(done.rowcount)
+
+    def purge_finished(self, older_than: float) -> int:
+        """Delete the jobs finished more than ``older_than`` seconds ago, in batches."""
+        return delete_finished_before(self.backend.engines, time.time() - older_than)
+
+    def annotate(self, entryid: str, fields: dict[str, Any]) -> None:
+        """Write link columns on the job's row, whatever its state."""
+        check_annotations(fields)
+        # In the request's transaction when there is one, as the INSERT of the retry
+        # it links to (SQLite: a connection of its own would wait for that one's lock).
+        self.backend.write_with_request(
+            update(jobs).where(jobs.c.id == entryid).values(fields), {}, f'job {entryid} links')
