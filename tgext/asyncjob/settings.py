@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
     Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
     Setting('time_limit', _time_limit, None,
-            'seconds a job may run, unless it says (see `Time limits`_)'),
+            'seconds a job may run unless it gives its own ``time_limit``'),
     Setting('tracker', _tracker, None,
             '``memory`` or a ``redis://`` URL; unset: memory (rq: Redis)'),
     Setting('backend', _backend, 'threads',
