@@ -30,6 +30,7 @@ import pytest
 
 from tgext.asyncjob import (JobFailed, JobOptions, JobQueue, Retry, UnsupportedOption,
                             asyncjob_cancelled, asyncjob_running_uid)
+from tgext.asyncjob.errors import TimeLimitExceeded
 from tgext.asyncjob.backends.base import Backend
 
 from rqapp.contract import make_rq_queue
@@ -105,6 +106,26 @@ def hold(entered, release, then_fail=False):
     if then_fail:
         raise ConnectionError('fails after being cancelled')
     return asyncjob_cancelled()
+
+
+def overrun(path):
+    """Starts (a file says so), then loops in Python until flagged; returns normally."""
+    touch(path)
+    deadline = time.monotonic() + DEADLINE
+    while not asyncjob_cancelled():
+        if time.monotonic() > deadline:
+            raise AssertionError('the time limit neither flagged nor stopped the job')
+        threading.Event().wait(0.01)
+    return 'returned after the flag'
+
+
+def stamp(directory, n):
+    """Records its run: a file ``<n>`` holding ``start end``."""
+    start = time.time()
+    threading.Event().wait(0.05)
+    with open(os.path.join(directory, '%d.tmp' % n), 'w') as f:
+        f.write('%r %r' % (start, time.time()))
+    os.rename(os.path.join(directory, '%d.tmp' % n), os.path.join(directory, str(n)))
 
 
 # -------------------------------------------------------------- scenarios
@@ -211,6 +232,36 @@ def s_unique_free_once_failed(q, tmp):
     return jobid
 
 
+def s_over_its_time_limit(q, tmp):
+    return q.perform(overrun, (str(tmp / 'ran'),), options=JobOptions(time_limit=0.5))
+
+
+def s_within_its_time_limit(q, tmp):
+    return q.perform(add, (2, 2), options=JobOptions(time_limit=DEADLINE))
+
+
+STAMPS = 4
+
+
+def s_concurrency_limit_1(q, tmp):
+    keyed = dict(concurrency_key='contract', concurrency_limit=1)
+    if not q.backend.supports_concurrency_limit:
+        with pytest.raises(UnsupportedOption, match='concurrency_key'):
+            q.perform(add, (1, 1), options=JobOptions(**keyed))
+        return q.perform(add, (1, 1))  # refused: nothing queued, the table checks that
+    for n in range(STAMPS):
+        jobid = q.perform(stamp, (str(tmp), n), options=JobOptions(**keyed))
+    return jobid  # in order, one at a time: once the last is done, all are
+
+
+def _one_at_a_time(tmp):
+    files = sorted(p for p in tmp.iterdir() if p.name.isdigit())
+    if not files:  # the backend refused the option
+        return True
+    runs = sorted(tuple(map(float, p.read_text().split())) for p in files)
+    return len(runs) == STAMPS and all(a[1] <= b[0] for a, b in zip(runs, runs[1:]))
+
+
 # ------------------------------------------------------------------- the table
 # scenario, needs a job that waits, final state, what else the answer says
 
@@ -238,6 +289,12 @@ TABLE = [
      lambda s, tmp: s.result == 4 and not _ran(tmp)),
     (s_unique_while_running, False, 'succeeded', lambda s, tmp: s.result is False),
     (s_unique_free_once_failed, False, 'succeeded', lambda s, tmp: s.result == 3),
+    # Over its limit: flagged (threads) or stopped (rq), failed either way.
+    (s_over_its_time_limit, False, 'failed',
+     lambda s, tmp: _ran(tmp) and s.error.type == TimeLimitExceeded.__name__
+     and s.result is None),
+    (s_within_its_time_limit, False, 'succeeded', lambda s, tmp: s.result == 4),
+    (s_concurrency_limit_1, False, 'succeeded', lambda s, tmp: _one_at_a_time(tmp)),
 ]
 
 

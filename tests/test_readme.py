@@ -11,6 +11,8 @@ import pytest
 import transaction
 from tg import FullStackApplicationConfigurator
 
+from tgext.asyncjob import JobOptions
+
 from jobhelpers import wait_finished
 from sampleapp import model
 from services import wait_for
@@ -122,6 +124,23 @@ def test_options_block(queue):
     ns = run(block_with('asyncjob_options(delay=30)'))
     assert ns['fetch_feed'].__asyncjob_retry__.max_retries == 3
     wait_for(lambda: sorted(s.state.value for s in queue.recent(2)) == ['queued', 'succeeded'])
+
+
+def test_concurrency_limit_block(queue):
+    ns = run(block_with("asyncjob_options(concurrency_key='user:42'"))
+    first, second = (queue.wait(ns[name], 30) for name in ('first', 'second'))
+    assert (first.result, second.result) == ('index of user 42 rebuilt',) * 2
+    assert second.started_at >= first.finished_at
+
+
+def test_time_limit_block(queue):
+    ns = run(block_with('asyncjob_options(time_limit=30)'))
+    [status] = [s for s in queue.recent(1)]
+    assert queue.wait(status.id, 30).result == 1000
+    # Over its limit: the loop sees the flag and stops; the job is recorded failed.
+    over = queue.wait(queue.perform(ns['crunch'], (10 ** 12,),
+                                    options=JobOptions(time_limit=0.2)), 30)
+    assert (over.state.value, over.error.type) == ('failed', 'TimeLimitExceeded')
 
 
 @pytest.mark.parametrize('marker', ['asyncjob_options(on_commit=True).perform(async_query',
@@ -297,7 +316,8 @@ HANDLERS = ['asyncjob = AsyncJobController()', 'def cancel_job', 'class ExportCo
             'asyncjob_wait(asyncjob_perform(double', 'class LogJobs', 'asyncjob_options(delay=30)',
             'asyncjob_options(on_commit=True).perform(async_query', 'asyncjob_timed_query(DBSession',
             'class MyProgressTracker', '@asyncjob_periodic(', 'asyncjob_retry(failed.id)',
-            "unique_key=f'export:", 'asyncjob_options(priority=10)']
+            "unique_key=f'export:", 'asyncjob_options(priority=10)',
+            "asyncjob_options(concurrency_key='user:42'", 'asyncjob_options(time_limit=30)']
 
 
 def test_periodic_block(monkeypatch):

@@ -602,7 +602,8 @@ def test_tables_are_created_when_missing_unless_told_not_to(make_app, url):
 def test_the_tables_are_on_a_metadata_of_their_own():
     from tgext.asyncjob.backends.sqlalchemy import metadata
     assert set(metadata.tables) == {'asyncjob_jobs', 'asyncjob_workers', 'asyncjob_leases',
-                                    'asyncjob_periodic', 'asyncjob_unique_keys'}
+                                    'asyncjob_periodic', 'asyncjob_unique_keys',
+                                    'asyncjob_concurrency_keys'}
     assert not (set(metadata.tables) & set(model.metadata.tables))
 
 

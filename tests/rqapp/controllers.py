@@ -13,10 +13,12 @@ class RQRoot(RootController):
     """``RootController`` plus endpoints that queue the jobs of :mod:`rqapp.jobs`."""
 
     @expose("json")
-    def queue(self, job="write_row", name="x", delay=None, **kw):
-        """Queue ``rqapp.jobs.<job>(name, **kw)``, ``delay`` seconds from now if given;
-        return ``{"jobid": ...}``."""
-        options = aj.asyncjob_options(delay=None if delay is None else float(delay))
+    def queue(self, job="write_row", name="x", delay=None, time_limit=None, **kw):
+        """Queue ``rqapp.jobs.<job>(name, **kw)``, ``delay`` seconds from now if given,
+        with ``time_limit`` seconds if given; return ``{"jobid": ...}``."""
+        options = aj.asyncjob_options(delay=None if delay is None else float(delay),
+                                      time_limit=None if time_limit is None
+                                      else float(time_limit))
         return dict(jobid=options.perform(getattr(jobs, job), name, **kw))
 
     @expose("json")

@@ -125,3 +125,11 @@ tasks = Tasks()
 
 def noop():
     """Does nothing: for timing the backend itself."""
+
+
+def spin(name):
+    """Write a row, then loop in Python forever: only a time limit ends it."""
+    tg.config["DBSession"].add(Row(name=name))
+    tg.config["DBSession"].flush()
+    while True:
+        pass

@@ -6,6 +6,7 @@ own transaction, so the rows count the runs that committed.
 
 import os
 import threading
+import time
 
 from sqlapp.model import DBSession, JobRun
 
@@ -55,3 +56,19 @@ def gate(key, started, gate, timeout=60):
     if not opened.is_set():
         raise RuntimeError("the gate %s was never opened" % gate)
     count(key)
+
+
+def span(key, seconds="0.05"):
+    """Record when this run started and ended: a row ``span <key> <start> <end>``."""
+    start = time.time()
+    threading.Event().wait(float(seconds))
+    DBSession.add(JobRun(job_key="span %s %.6f %.6f" % (key, start, time.time()),
+                         pid=os.getpid()))
+
+
+def spin(key):
+    """Write the row, then loop in Python forever: only a time limit ends it."""
+    count(key)
+    DBSession.flush()
+    while True:
+        pass

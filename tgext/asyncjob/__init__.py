@@ -12,8 +12,8 @@ from .database import asyncjob_timed_query
 from . import operations
 from .errors import (AlreadyStarted, AsyncJobError, JobFailed, JobNotFound, JobStateError,
                      NoWorkerError, NotInJobError, NotRetryable, OperationUnsupported,
-                     QueueFull, QueueStopped, TrackerUnavailable, UnsupportedOption,
-                     WorkerDied)
+                     QueueFull, QueueStopped, TimeLimitExceeded, TrackerUnavailable,
+                     UnsupportedOption, WorkerDied)
 from .job import JobError, JobState, JobStatus
 from .context import running_job, running_queue
 from .options import JobOptions
@@ -32,6 +32,7 @@ __all__ = [
     'JobFailed', 'UnsupportedOption', 'WorkerDied', 'asyncjob_periodic',
     'asyncjob_jobs', 'asyncjob_counts', 'asyncjob_retry', 'asyncjob_delete', 'asyncjob_purge',
     'JobNotFound', 'JobStateError', 'NotRetryable', 'OperationUnsupported',
+    'TimeLimitExceeded',
 ]
 
 
@@ -47,7 +48,9 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
 def asyncjob_options(*, delay: float | None = None, at: Any = None,
                      on_commit: bool | None = None, retry: Retry | None = None,
                      unique_key: str | None = None, unique_for: float | None = None,
-                     priority: int | None = None) -> JobOptions:
+                     priority: int | None = None, concurrency_key: str | None = None,
+                     concurrency_limit: int | None = None,
+                     time_limit: float | None = None) -> JobOptions:
     """Options for one job: ``asyncjob_options(delay=30).perform(fn, *args, **kwargs)``.
 
     ``delay``: seconds to wait before starting; ``at``: a datetime or epoch seconds;
@@ -56,12 +59,18 @@ def asyncjob_options(*, delay: float | None = None, at: Any = None,
     ``unique_key``: while a job queued with this key is queued or running, ``perform``
     returns its id instead of queueing another; ``unique_for``: seconds the key is held
     at most (default: until the job ends). ``priority``: an int from -100 to 100,
-    higher runs first (default 0). See README "Unique jobs" and "Priorities".
+    higher runs first (default 0). ``concurrency_key`` with ``concurrency_limit``: at
+    most that many jobs of the key run at once, the others wait in order;
+    ``time_limit``: seconds the job may run. See README "Unique jobs", "Priorities",
+    "Concurrency limits" and "Time limits". Checked here; what the backend cannot
+    honour raises :class:`UnsupportedOption` at ``perform``.
     """
     require_retry(retry)
     eta_of(delay, at, time.time())  # the same checks perform() makes, here at the call site
     return JobOptions(delay=delay, at=at, on_commit=on_commit, retry=retry,
-                      unique_key=unique_key, unique_for=unique_for, priority=priority)
+                      unique_key=unique_key, unique_for=unique_for, priority=priority,
+                      concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+                      time_limit=time_limit)
 
 
 def asyncjob_set_progress(value: int, data: Any = None) -> None:

@@ -64,6 +64,17 @@ class WorkerDied(AsyncJobError):
     run (``Retry(on=(WorkerDied,))`` works on every backend) and what the record says."""
 
 
+class TimeLimitExceeded(BaseException):
+    """A job ran past its time limit (``asyncjob_options(time_limit=...)`` or the
+    ``asyncjob.time_limit`` setting); what the record of such a job says.
+
+    In worker processes it is raised inside the job's code, and a ``BaseException``
+    (as Dramatiq's time limit is), so that ``except Exception`` in a job does not
+    swallow it; for the same reason a retry policy retries it only if it names it
+    (``Retry(on=(TimeLimitExceeded,))``). See README "Time limits".
+    """
+
+
 class JobFailed(Exception):
     """Raise it in a job to fail it with a message meant for the job's user.
 

@@ -11,7 +11,7 @@ import inspect
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from . import database
+from . import database, timelimits
 from .context import enter_job, leave_job
 from .hooks import Hooks
 from .job import Job, JobError
@@ -94,9 +94,13 @@ class Runtime:
         enter_job(self._owner, job)
         try:
             try:
-                result = database.run_in_transaction(
-                    invoke, (job.func, job.args, job.kwargs), None, self.attempts,
-                    conf=self.conf)
+                call: Callable[..., Any] = invoke
+                args: tuple[Any, ...] = (job.func, job.args, job.kwargs)
+                limited = timelimits.bound(job, self.time_limit_mode)
+                if limited is not None:  # raises TimeLimitExceeded inside the transaction
+                    call, args = limited.call, (invoke, *args)
+                result = database.run_in_transaction(call, args, None, self.attempts,
+                                                     conf=self.conf)
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: not the worker's
                 leave_job()
                 self.failed(job, exc)
@@ -114,6 +118,11 @@ class Runtime:
                 from tg.request_local import config as tg_config
                 tg_config.pop_thread_config()
 
+    @property
+    def time_limit_mode(self) -> str:
+        """How the backend stops a job over its time limit (see :mod:`.timelimits`)."""
+        return getattr(self.backend, 'time_limit_mode', timelimits.FLAG)
+
     def _push_config(self) -> bool:
         # tg.config inside a job is the job's own app, even with several apps per process.
         if self.conf is None:
@@ -126,15 +135,17 @@ class Runtime:
         """The running ``job``'s attempt ended with ``exc``: queue it again if its retry
         policy allows (not if it was cancelled meanwhile or the queue is stopping), else
         record it failed. Also for a backend whose worker died under a job (rq)."""
+        exc = timelimits.translate(exc)
         error = JobError.from_exception(exc)
         policy = policy_for(job.retry, job.func)
         not_retried = ''
         if policy is not None and policy.should_retry(exc, job.attempt):
-            if job.cancel_requested:
+            if timelimits.cancelled(job, exc):
                 not_retried = 'not retried: it was cancelled while running'
             elif self.stopping:
                 not_retried = 'not retried: the queue was stopping'
             else:
+                job.cancel_requested = False  # only its time limit's flag: the next run is clear
                 delay = policy.delay(job.attempt)
                 log.warning('asyncjob %s (%s) attempt %d failed (%s: %s); retrying in %.3g s',
                             job.id, job.func_name, job.attempt, error.type, error.message,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from . import checks
@@ -42,6 +43,37 @@ def check_unique(unique_key: Any, unique_for: Any) -> None:
     if checks.seconds('unique_for', unique_for, none_ok=True) == 0:
         raise ValueError('unique_for must be more than 0 seconds (or None: the key is held '
                          'until the job ends)')
+
+
+def check_concurrency(key: Any, limit: Any) -> None:
+    """``TypeError``/``ValueError`` unless both are given, a non-empty ``str`` key (at
+    most 255 characters, the column's size) and an ``int`` limit >= 1, or neither."""
+    if key is None and limit is None:
+        return
+    if key is None or limit is None:
+        raise TypeError('give concurrency_key and concurrency_limit together')
+    if not isinstance(key, str) or not key:
+        raise TypeError(f'concurrency_key must be a non-empty str, got {key!r}')
+    if len(key) > 255:
+        raise ValueError(f'concurrency_key must be at most 255 characters, got {len(key)}')
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f'concurrency_limit must be an int, got {type(limit).__name__}: '
+                        f'{limit!r}')
+    if limit < 1:
+        raise ValueError(f'concurrency_limit must be at least 1, got {limit!r}')
+
+
+def check_time_limit(value: Any) -> float | None:
+    """``value`` as a time limit in seconds: ``None`` (no limit) or a finite number
+    > 0; ``TypeError``/``ValueError`` otherwise, at the call site."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'time_limit must be a number of seconds, got '
+                        f'{type(value).__name__}: {value!r}')
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f'time_limit must be a finite number of seconds > 0, got {value!r}')
+    return float(value)
 # --------------------------------------------------------------------------------------
 
 
@@ -62,10 +94,16 @@ class JobOptions:
     unique_key: str | None = None
     unique_for: float | None = None
     priority: int | None = None
+    # concurrency and time limits (README "Concurrency limits", "Time limits")
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         check_unique(self.unique_key, self.unique_for)
         check_priority(self.priority)
+        check_concurrency(self.concurrency_key, self.concurrency_limit)
+        object.__setattr__(self, 'time_limit', check_time_limit(self.time_limit))
 
     def perform(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         """:func:`~tgext.asyncjob.asyncjob_perform` with these options; returns the job

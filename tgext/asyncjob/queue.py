@@ -21,14 +21,14 @@ from typing import Any, Callable, Mapping
 from . import checks
 from .backends.base import Backend
 from .context import running_job
-from .errors import NotInJobError, QueueFull, QueueStopped
+from .errors import NotInJobError, QueueFull, QueueStopped, UnsupportedOption
 from .execution import Runtime
 from .forking import reset_in_child
 from .hooks import Hooks
 from .importpath import importable_path
 from .job import Job, JobError, JobState, JobStatus
 from .lifecycle import Lifecycle
-from .options import JobOptions
+from .options import JobOptions, check_time_limit
 from .retry import Retry, require_retry
 from .trackers.base import as_store, check_progress_value
 
@@ -99,7 +99,7 @@ class JobQueue:
                  immediate: bool = False, conf: Mapping[str, Any] | None = None,
                  hooks: list[Any] | tuple[Any, ...] = (), stop_timeout: float = 10.0,
                  backend: Any = None, backend_options: dict[str, Any] | None = None,
-                 enqueue_on_commit: bool = False):
+                 enqueue_on_commit: bool = False, time_limit: float | None = None):
         if tracker is None:
             from .trackers.memory import MemoryProgressTracker
             tracker = MemoryProgressTracker()
@@ -113,7 +113,9 @@ class JobQueue:
         self.conf = conf
         self.hooks = Hooks(hooks)
         self.enqueue_on_commit = bool(enqueue_on_commit)
-        self._default_options = JobOptions(on_commit=self.enqueue_on_commit)
+        self.time_limit = check_time_limit(time_limit)
+        self._default_options = JobOptions(on_commit=self.enqueue_on_commit,
+                                           time_limit=self.time_limit)
         self.lifecycle = Lifecycle(as_store(tracker), self.hooks)
         self.runtime = Runtime(self, self.lifecycle, conf=conf, attempts=self.attempts,
                                stopping=lambda: self._stopped)
@@ -122,6 +124,9 @@ class JobQueue:
         self._waiting_commit: set[str] = set()
         self.backend = self._make_backend(backend, backend_options or {})
         self.runtime.backend = self.backend
+        if self.time_limit is not None and not self.backend.supports_time_limit:
+            raise UnsupportedOption(f'asyncjob.time_limit is set, but the backend '
+                                    f'{type(self.backend).__name__} has no time limits')
         own_store = self.backend.own_store()
         if own_store is not None:
             self.lifecycle.store = own_store
@@ -172,10 +177,11 @@ class JobQueue:
         then; ``on_commit`` hands it over only when the current transaction commits
         (default: the queue's ``enqueue_on_commit``); ``retry`` is a :class:`Retry`.
         ``options``, a :class:`JobOptions`, gives all of these and the rest at once
-        (instead of those four). With a ``unique_key`` the id returned is that of the
-        live job holding the key, if one does (nothing is queued then). Every check
-        (these values, the callable, what the backend can honour) is made here,
-        before anything is stored. ``retry_of``: the id of the job this one copies (see
+        (instead of those four); its ``time_limit`` defaults to the queue's. With a
+        ``unique_key`` the id returned is that of the live job holding the key, if one
+        does (nothing is queued then). Every check (these values, the callable, what
+        the backend can honour) is made here, before anything is stored. ``retry_of``:
+        the id of the job this one copies (see
         :func:`~tgext.asyncjob.operations.retry_job`), in its first record.
         """
         check_callable(func)
@@ -188,11 +194,13 @@ class JobQueue:
         if on_commit is None:
             on_commit = self.enqueue_on_commit
         if options is not None:
-            options = dataclasses.replace(options, on_commit=bool(on_commit))
+            time_limit = self.time_limit if options.time_limit is None else options.time_limit
+            options = dataclasses.replace(options, on_commit=bool(on_commit),
+                                          time_limit=time_limit)
         elif delay is None and at is None and retry is None and on_commit == self.enqueue_on_commit:
             options = self._default_options  # the common case: one shared, immutable object
         else:
-            options = JobOptions(delay, at, bool(on_commit), retry)
+            options = JobOptions(delay, at, bool(on_commit), retry, time_limit=self.time_limit)
         job = Job(func, args, kwargs or {}, retry=retry, options=options)
         job.eta = eta_of(delay, at, job.enqueued_at)
         self.backend.validate(job)

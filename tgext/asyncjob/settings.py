@@ -109,6 +109,14 @@ def _tracker(value: Any) -> Any:
     return check_redis_url(value)
 
 
+def _time_limit(value: Any) -> float | None:
+    # Unset or empty: no limit; else seconds > 0 (see options.check_time_limit).
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    from .options import check_time_limit
+    return check_time_limit(seconds(value))
+
+
 def _text(value: Any) -> str | None:
     text = str(value).strip() if value is not None else ''
     return text or None
@@ -147,6 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
             'hand jobs over only when the request commits'),
     Setting('stop_timeout', seconds, 10.0, 'seconds ``stop()`` and interpreter exit drain for'),
     Setting('immediate', _boolean, False, 'run each job synchronously (tests)'),
+    Setting('time_limit', _time_limit, None,
+            'seconds a job may run unless it gives its own ``time_limit``'),
     Setting('tracker', _tracker, None,
             '``memory`` or a ``redis://`` URL; unset: memory (rq: Redis)'),
     Setting('backend', _backend, 'threads',

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import checks
 from .backends.base import Backend
 from .channel import PriorityChannel
+from .concurrency import KeySlots
 from .errors import QueueFull, QueueStopped
 from .job import Job, JobError, JobState
 
@@ -39,13 +40,21 @@ class WorkerThread(threading.Thread):
                 return
             if self.pool.discarding:
                 continue  # stop() gave up waiting: it reports the jobs left
-            self.current = job
-            self.pool.runtime.execute(job)  # returns at once for a job cancelled or dropped meanwhile
-            self.current = None
+            slots = self.pool.slots
+            # Set aside if over its key's limit (the thread is free for others); the
+            # next of its key comes back from release(), unless stop() gave up.
+            while job is not None and not self.pool.discarding and slots.admit(job):
+                self.current = job
+                self.pool.runtime.execute(job)  # at once if cancelled or dropped meanwhile
+                self.current = None
+                job = slots.release(job)  # the next of its key, if one waited
 
 
 class WorkerPool(Backend):
     """The default backend: ``workers`` threads of this process run the queue's jobs.
+
+    Concurrency limits are counted in this process (:class:`~.concurrency.KeySlots`);
+    time limits flag the job (:mod:`~.timelimits`, mode ``flag``).
 
     ``max_queue`` bounds the waiting jobs (0: unbounded); a full queue makes
     :meth:`enqueue` wait ``put_timeout`` seconds (``None``: as long as it takes),
@@ -56,10 +65,13 @@ class WorkerPool(Backend):
 
     supports_priority = True
     supports_unique = True
+    supports_concurrency_limit = True
+    supports_time_limit = True
 
     def __init__(self, runtime: Runtime, workers: int = 1, max_queue: int = 0,
                  put_timeout: float | None = 10.0):
         super().__init__(runtime)
+        self.slots = KeySlots()
         self.size = checks.count('workers', workers, minimum=1)
         self.max_queue = checks.count('max_queue', max_queue)
         self.put_timeout = checks.seconds('put_timeout', put_timeout, none_ok=True)
@@ -127,6 +139,9 @@ class WorkerPool(Backend):
                               'replacing it, the job failed', thread.name, job.id, job.func_name)
                 self.threads[index] = self._spawn(index)
                 replaced += 1
+                following = self.slots.release(job) if job is not None else None
+                if following is not None:
+                    self.channel.put(following)
                 if job is not None and job.state is JobState.QUEUED:
                     self.channel.put(job)  # it never started: someone else runs it
                 elif job is not None:
@@ -184,6 +199,7 @@ class WorkerPool(Backend):
         super().after_fork()
         self._lock = threading.Lock()
         self.channel = self._new_channel()
+        self.slots = KeySlots()
         was_started, self._started = self._started, False
         self.threads = []
         self.discarding = False

@@ -14,14 +14,19 @@ class RootController(TGController):
         return dict(ok=True, pid=__import__("os").getpid())
 
     @expose("json")
-    def queue(self, job="count", key="k", delay=None, retries=None, backoff="1", **kw):
+    def queue(self, job="count", key="k", delay=None, retries=None, backoff="1",
+              concurrency_key=None, concurrency_limit=None, time_limit=None, **kw):
         """Queue ``sqlapp.jobs.<job>(key, **kw)`` in the request's transaction, after
-        ``delay`` seconds if given, with ``retries`` retries (``backoff`` seconds)."""
+        ``delay`` seconds if given, with ``retries`` retries (``backoff`` seconds), a
+        concurrency limit and a time limit if given."""
         retry = None
         if retries is not None:
             retry = aj.Retry(max_retries=int(retries), backoff=float(backoff), jitter=False)
-        options = aj.asyncjob_options(delay=None if delay is None else float(delay),
-                                      retry=retry)
+        options = aj.asyncjob_options(
+            delay=None if delay is None else float(delay), retry=retry,
+            concurrency_key=concurrency_key,
+            concurrency_limit=None if concurrency_limit is None else int(concurrency_limit),
+            time_limit=None if time_limit is None else float(time_limit))
         return dict(jobid=options.perform(getattr(jobs, job), key, **kw))
 
     @expose("json")

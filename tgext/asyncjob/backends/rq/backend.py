@@ -16,10 +16,11 @@ from rq import Queue as RQQueue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
-from rq.timeouts import BaseDeathPenalty
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
 from ...errors import TrackerUnavailable, UnsupportedOption
 from ...job import Job, JobState
+from ...timelimits import OWN, register_foreign, time_limit_of
 from ..base import Backend
 from .calls import (ON_FAILURE, RUNNER, THREADS_HINT, callable_path, cancel_key, claim_key,
                     is_our_id, job_from_rq, rq_job_id, runner_call)
@@ -41,6 +42,9 @@ DEFAULT_CLEANUP_INTERVAL = 15
 #: True while an RQ worker of this process forks a work horse (set by ``rqworker``):
 #: a horse runs one job and exits, it has no abandoned jobs to look for.
 forking_work_horse = False
+
+# RQ's job timeout is how a time limit is kept here: what it raises is recorded as ours.
+register_foreign(JobTimeoutException)
 
 
 def _as_int(value: Any) -> int | None:
@@ -95,6 +99,11 @@ class RQBackend(Backend):
     supports_on_commit = True
     supports_unique = True  # held in the Redis tracker the records go to
     supports_priority = True  # three RQ queues, see .priorities
+    # Concurrency limits would need a count shared by every RQ worker, taken and given
+    # back atomically with RQ's own dequeue: RQ has none (README "Concurrency limits").
+    supports_concurrency_limit = False
+    supports_time_limit = True  # RQ's job timeout, in the work horse
+    time_limit_mode = OWN
 
     def __init__(self, runtime: Runtime, redis_url: str | None = None,
                  queue_name: str | None = None, *, connection: redis.Redis | None = None,
@@ -175,7 +184,7 @@ class RQBackend(Backend):
 
     def enqueue(self, job: Job) -> None:
         """Put the next run of ``job`` on the RQ queue."""
-        self._rq_queue_of(job).enqueue_call(RUNNER, timeout=self.job_timeout, ttl=self.ttl,
+        self._rq_queue_of(job).enqueue_call(RUNNER, timeout=self._timeout(job), ttl=self.ttl,
                                             **self._rq_options(job))
 
     def schedule(self, job: Job, eta: float) -> None:
@@ -190,12 +199,17 @@ class RQBackend(Backend):
         when = datetime.datetime.fromtimestamp(math.ceil(eta), datetime.timezone.utc)
         # ``ttl`` counts from when the job is due, not from now.
         ttl = None if self.ttl is None else self.ttl + max(math.ceil(eta - time.time()), 0)
-        self._rq_queue_of(job).enqueue_at(when, RUNNER, job_timeout=self.job_timeout,
+        self._rq_queue_of(job).enqueue_at(when, RUNNER, job_timeout=self._timeout(job),
                                           ttl=ttl, **self._rq_options(job))
 
     def _rq_queue_of(self, job: Job) -> RQQueue:
         return self.rq_queues[queue_for(self.queue_name,
                                         getattr(job.options, 'priority', None))]
+
+    def _timeout(self, job: Job) -> int:
+        # RQ's alarm counts whole seconds: a time limit is rounded up, never cut short.
+        limit = time_limit_of(job)
+        return self.job_timeout if limit is None else math.ceil(limit)
 
     def _rq_options(self, job: Job) -> dict[str, Any]:
         return dict(runner_call(job), result_ttl=0, failure_ttl=None,

@@ -14,6 +14,7 @@ from ... import importpath
 from ...importpath import THREADS_HINT, import_callable
 from ...job import Job, is_job_id
 from ...options import JobOptions
+from ...timelimits import time_limit_of
 
 #: What every RQ job of this backend calls, by name (RQ imports it in the worker).
 RUNNER = 'tgext.asyncjob.backends.rq.run_rq_job'
@@ -60,7 +61,8 @@ def runner_call(job: Job) -> dict[str, Any]:
     ``job`` (whose callable ``validate`` accepted)."""
     path = callable_path(job.func)
     job.name = path.replace(':', '.')
-    kwargs = dict(jobid=job.id, attempt=job.attempt, retry=job.retry, meta=job.meta)
+    kwargs = dict(jobid=job.id, attempt=job.attempt, retry=job.retry, meta=job.meta,
+                  **_limits(job))
     priority = getattr(job.options, 'priority', None)
     if priority:  # its retries go to the same band (absent: the payload of before)
         kwargs['priority'] = priority
@@ -68,9 +70,15 @@ def runner_call(job: Job) -> dict[str, Any]:
                 job_id=rq_job_id(job.id, job.attempt), description=job.name)
 
 
+def _limits(job: Job) -> dict[str, Any]:
+    # Carried to the worker only when set: the next run (a retry) is queued from there.
+    limit = time_limit_of(job)
+    return {} if limit is None else {'time_limit': limit}
+
+
 def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
            attempt: int = 0, retry: Any = None, meta: dict[str, Any] | None = None,
-           job_class: type[Job] = Job,
+           time_limit: float | None = None, job_class: type[Job] = Job,
            priority: int | None = None) -> tuple[Job, Exception | None]:
     """Our job named by an RQ job's arguments (``attempt``: the runs made before), and
     why its callable cannot be imported here: then the job has a placeholder callable,
@@ -80,7 +88,8 @@ def job_of(path: str, args: tuple | list, kwargs: dict[str, Any], *, jobid: str,
         func = import_callable(path)
     except Exception as exc:
         func, error = not_importable, exc
-    options = JobOptions(priority=priority) if priority else None
+    options = (JobOptions(priority=priority or None, time_limit=time_limit)
+               if priority or time_limit is not None else None)
     job = job_class(func, tuple(args), dict(kwargs), jobid=jobid, retry=retry, meta=meta,
                     options=options)
     job.name = path.replace(':', '.')
@@ -94,8 +103,8 @@ def job_from_rq(rq_job: Any, job_class: type[Job] = Job) -> Job:
     options = rq_job.kwargs
     return job_of(path, args, kwargs, jobid=options.get('jobid') or rq_job.id,
                   attempt=int(options.get('attempt') or 0), retry=options.get('retry'),
-                  meta=options.get('meta'), job_class=job_class,
-                  priority=options.get('priority'))[0]
+                  meta=options.get('meta'), time_limit=options.get('time_limit'),
+                  job_class=job_class, priority=options.get('priority'))[0]
 
 
 def not_importable() -> None:

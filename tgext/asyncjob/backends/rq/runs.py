@@ -90,10 +90,12 @@ def backend_for(queue_name: str) -> RQBackend:
 
 def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any],
                jobid: str | None = None, attempt: int = 0, retry: Any = None,
-               meta: dict[str, Any] | None = None, priority: int | None = None) -> None:
+               meta: dict[str, Any] | None = None, time_limit: float | None = None,
+               priority: int | None = None) -> None:
     """What RQ calls in the worker: claim this run, rebuild our job (id ``jobid``,
-    ``attempt`` runs made before, ``retry`` policy, ``meta``, ``priority``) and run it
-    through the runtime. A run cancelled before it started is skipped."""
+    ``attempt`` runs made before, ``retry`` policy, ``meta``, ``time_limit``,
+    ``priority``) and run it through the runtime. A run cancelled before it started
+    is skipped."""
     rq_job = get_current_job()
     if rq_job is None:
         raise RuntimeError('run_rq_job runs inside an RQ worker only')
@@ -103,7 +105,8 @@ def run_rq_job(func_path: str, args: tuple | list, kwargs: dict[str, Any],
         log.info('asyncjob %s: not run, it was cancelled before it started', rq_job.id)
         return
     job, import_error = job_of(func_path, args, kwargs, jobid=jobid or rq_job.id,
-                               attempt=attempt, retry=retry, meta=meta, job_class=RQRun,
+                               attempt=attempt, retry=retry, meta=meta,
+                               time_limit=time_limit, job_class=RQRun,
                                priority=priority)
     assert isinstance(job, RQRun)
     job.redis = backend.connection

@@ -26,12 +26,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from tg.support.converters import asbool
 
 from ...job import Job, JobError, JobState
+from ...options import JobOptions
+from ...timelimits import FLAG, INTERRUPT
 from ...retry import policy_for
 from ..base import Backend
 from . import codec, transitions, uniquekeys
 from .claims import claim, claim_by_id, next_run_at
 from .engine import Engines, check_skip_locked, make_engines, retry_disconnect, same_database
 from .errors import JobNotStored, LeaseLost, WorkerDied
+from .keyed import announce_free_slot
 from .leases import beat, bury, new_worker_id, orphans, retire
 from .monitor import Duty, Monitor
 from .notify import Listener
@@ -95,6 +98,10 @@ class SQLAlchemyBackend(Backend):
     transactional_enqueue = True
     supports_priority = True  # the claim takes priority DESC, run_at
     supports_unique = True  # asyncjob_unique_keys, see .uniquekeys
+    supports_concurrency_limit = True  # counted in the database: keyed.py
+    supports_time_limit = True
+    #: Web process threads: flagged; work() (a worker process): stopped.
+    time_limit_mode = FLAG
 
     def __init__(self, runtime: Runtime, url: str | None = None, *, workers: int = 1,
                  immediate: bool = False, in_process: Any = True, create_tables: Any = True,
@@ -389,6 +396,7 @@ class SQLAlchemyBackend(Backend):
             self._runner.release()
             self._runner = None
         self.closed = False
+        self.time_limit_mode = INTERRUPT  # this process is a worker: jobs are stopped
         runner = self._start_runner(threads, burst, queues)
         try:
             runner.run()
@@ -460,6 +468,17 @@ class SQLAlchemyBackend(Backend):
         finally:
             self.runs.pop(job.id, None)
             self.requeued.discard(job.id)
+            if row.get('concurrency_key') is not None:
+                self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        # A keyed job ended: the next job of its key may be claimed, here and elsewhere.
+        self.wake.set()
+        if self.listens:
+            try:
+                announce_free_slot(self.engines, self.queue_name)
+            except SQLAlchemyError as exc:  # the others claim it at their next poll
+                log.warning('asyncjob: could not wake the other workers: %s', exc)
 
     def _job_of(self, row: dict[str, Any]) -> Job | None:
         """The :class:`Job` of a claimed row, ``queued`` in memory (the lifecycle's
@@ -469,7 +488,9 @@ class SQLAlchemyBackend(Backend):
             job = Job(self._completing(func, row['id'], row['attempt']),
                       tuple(codec.loads(row['args'])), codec.loads(row['kwargs']),
                       jobid=row['id'], retry=codec.load_retry(row['retry']),
-                      meta=codec.loads(row['meta']) or {})
+                      meta=codec.loads(row['meta']) or {},
+                      options=None if row.get('time_limit') is None else
+                      JobOptions(time_limit=row['time_limit']))
         except Exception as exc:
             log.error('asyncjob %s (%s) cannot run: %s', row['id'], row['name'], exc)
             stand_in = self._stand_in(row['id'], row['name'], JobState.RUNNING, row['attempt'])

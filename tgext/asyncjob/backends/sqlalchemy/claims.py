@@ -17,6 +17,9 @@ subquery: there the locked rows are selected, then updated, in one transaction.
 Either way the UPDATE also requires ``state = 'queued'``, a compare-and-set: a job
 cancelled meanwhile is never taken. The one-statement claim is built once per set of
 queues, with bound parameters (see :mod:`.transitions`).
+
+Jobs with a ``concurrency_key`` are left out of that query: they are claimed first,
+key by key, under the key's lock (:mod:`.keyed`).
 """
 from __future__ import annotations
 
@@ -26,26 +29,28 @@ from typing import Any, Sequence
 from sqlalchemy import Double, Integer, String, bindparam, select, update
 from sqlalchemy.sql import Select, Update
 
+from . import keyed
 from .engine import Engines
 from .schema import jobs
 
 #: What a worker needs to run a claimed job.
 CLAIMED_COLUMNS = [jobs.c.id, jobs.c.func, jobs.c.name, jobs.c.args, jobs.c.kwargs,
                    jobs.c.retry, jobs.c.meta, jobs.c.attempt, jobs.c.enqueued_at,
-                   jobs.c.run_at, jobs.c.priority, jobs.c.time_limit]
+                   jobs.c.run_at, jobs.c.priority, jobs.c.time_limit, jobs.c.concurrency_key]
 
 
 def due_jobs(queues: Sequence[str], now: Any, limit: Any) -> Select:
     """The claim query (locks the rows it returns, skipping locked ones)."""
     return (select(jobs.c.id)
             .where(jobs.c.state == 'queued', jobs.c.queue.in_(list(queues)),
-                   jobs.c.run_at <= now)
+                   jobs.c.run_at <= now, jobs.c.concurrency_key.is_(None))
             .order_by(jobs.c.priority.desc(), jobs.c.run_at)
             .limit(limit)
             .with_for_update(skip_locked=True))
 
 
-def _running(worker_id: Any, now: Any) -> dict[str, Any]:
+def running(worker_id: Any, now: Any) -> dict[str, Any]:
+    """The values that mark a claimed row running for ``worker_id``."""
     return {'state': 'running', 'worker_id': worker_id, 'started_at': now,
             'attempt': jobs.c.attempt + 1, 'progress': None, 'data': None}
 
@@ -58,7 +63,7 @@ def _claim_returning(queues: tuple[str, ...]) -> Update:
            .cte('due').prefix_with('MATERIALIZED', dialect='postgresql'))
     return (update(jobs)
             .where(jobs.c.id.in_(select(due.c.id)), jobs.c.state == 'queued')
-            .values(_running(bindparam('claim_worker', type_=String()), now))
+            .values(running(bindparam('claim_worker', type_=String()), now))
             .returning(*CLAIMED_COLUMNS))
 
 
@@ -68,12 +73,21 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
     them (``attempt`` already counting this run), highest priority first."""
     if limit <= 0:
         return []
+    taken = keyed.claim_keyed(engines, worker_id, queues, now, limit,
+                              CLAIMED_COLUMNS, running(worker_id, now))
+    if len(taken) < limit:
+        taken += _claim_unkeyed(engines, worker_id, queues, now, limit - len(taken))
+    taken.sort(key=lambda r: (-r['priority'], r['run_at']))
+    return taken
+
+
+def _claim_unkeyed(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
+                   limit: int) -> list[dict[str, Any]]:
     if engines.write.dialect.update_returning:
         params = {'claim_now': now, 'claim_limit': limit, 'claim_worker': worker_id}
         with engines.writing() as conn:
             rows = [dict(r._mapping) for r in
                     conn.execute(_claim_returning(tuple(queues)), params)]
-        rows.sort(key=lambda r: (-r['priority'], r['run_at']))
         return rows
     query = due_jobs(queues, now, limit)
     with engines.write.begin() as conn:
@@ -84,7 +98,7 @@ def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
         conn.execute(update(jobs)
                      .where(jobs.c.id.in_([r['id'] for r in locked]),
                             jobs.c.state == 'queued')
-                     .values(_running(worker_id, now)))
+                     .values(running(worker_id, now)))
     for row in locked:  # the rows are locked: nobody changed them in between
         row['attempt'] += 1
     return locked
@@ -95,16 +109,19 @@ def claim_by_id(engines: Engines, worker_id: str, jobid: str, now: float) -> int
     given job, not the next due); its attempt number, or ``None`` if it is not queued."""
     with engines.writing() as conn:
         done = conn.execute(update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'queued')
-                            .values(_running(worker_id, now))).rowcount
+                            .values(running(worker_id, now))).rowcount
         if not done:
             return None
         return conn.execute(select(jobs.c.attempt).where(jobs.c.id == jobid)).scalar()
 
 
 def next_run_at(engines: Engines, queues: Sequence[str]) -> float | None:
-    """When the earliest queued job of ``queues`` is due (for the poll wait)."""
+    """When the earliest queued job of ``queues`` is due (for the poll wait); a job
+    whose key has no free slot does not count (it waits for a job of its key to end,
+    not for a time)."""
     from sqlalchemy import func
     with engines.read.connect() as conn:
         return conn.execute(select(func.min(jobs.c.run_at))
                             .where(jobs.c.state == 'queued',
-                                   jobs.c.queue.in_(list(queues)))).scalar()
+                                   jobs.c.queue.in_(list(queues)),
+                                   keyed.claimable())).scalar()

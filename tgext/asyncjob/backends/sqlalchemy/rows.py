@@ -30,13 +30,16 @@ def job_row(job: Job, queue: str, path: str, run_at: float) -> dict[str, Any]:
         'priority': int(getattr(options, 'priority', 0) or 0), 'run_at': run_at,
         'enqueued_at': job.enqueued_at, 'attempt': job.attempt, 'cancel_requested': False,
         'retry_of': None, 'unique_key': getattr(options, 'unique_key', None),
+        'concurrency_key': getattr(options, 'concurrency_key', None),
+        'concurrency_limit': getattr(options, 'concurrency_limit', None),
+        'time_limit': getattr(options, 'time_limit', None),
     }
 
 
 #: The columns :func:`job_row` fills.
 ROW_COLUMNS = ('id', 'queue', 'func', 'name', 'args', 'kwargs', 'retry', 'meta', 'state',
                'priority', 'run_at', 'enqueued_at', 'attempt', 'cancel_requested', 'retry_of',
-               'unique_key')
+               'unique_key', 'concurrency_key', 'concurrency_limit', 'time_limit')
 
 
 @functools.lru_cache(maxsize=None)

@@ -49,6 +49,8 @@ jobs = Table(
     Column('unique_key', String(255)),
     Column('concurrency_key', String(255)),
     Column('time_limit', Double),
+    # Concurrency limits (keyed.py): at most this many running rows of concurrency_key.
+    Column('concurrency_limit', Integer),
     Column('retry_of', String(32)),  # the job a manual retry copied (asyncjob_retry)
     Column('retried_as', String(32)),  # the copy a manual retry made of this job
     Index('ix_asyncjob_jobs_worker', 'worker_id'),  # rescue, cancel checks
@@ -57,6 +59,7 @@ jobs = Table(
     Index('ix_asyncjob_jobs_state_enqueued', 'state', 'enqueued_at'),  # list by state
     Index('ix_asyncjob_jobs_name_enqueued', 'name', 'enqueued_at'),  # list by callable
     Index('ix_asyncjob_jobs_unique', 'unique_key'),
+    Index('ix_asyncjob_jobs_concurrency', 'concurrency_key', 'state'),  # keyed claims
 )
 # The claim query: state = 'queued' AND queue IN (...) AND run_at <= now
 # ORDER BY priority DESC, run_at. The index walks exactly that order.
@@ -92,6 +95,14 @@ leases = Table(
     Column('name', String(64), primary_key=True),
     Column('holder', String(64), nullable=False),
     Column('expires_at', Double, nullable=False),
+)
+
+
+#: One row per concurrency key ever used: the row keyed claims lock (``FOR UPDATE``),
+#: so that claims of one key, in any process, are made one after the other.
+concurrency_keys = Table(
+    'asyncjob_concurrency_keys', metadata,
+    Column('concurrency_key', String(255), primary_key=True),
 )
 
 
