@@ -53,6 +53,9 @@ log = logging.getLogger('tgext.asyncjob')
 
 #: Rows validated by ``perform`` and not yet inserted, at most (a bound, not a cache).
 _MAX_PENDING_ROWS = 10000
+#: Seconds between two looks for claimable keyed jobs while none was found (other
+#: processes' keyed jobs may wait that much longer; this process's own, none).
+KEYED_LOOK_INTERVAL = 0.1
 
 
 @dataclasses.dataclass
@@ -141,6 +144,7 @@ class SQLAlchemyBackend(Backend):
         self.store = SQLJobStore(self)
         self.closed = False
         self._rows: dict[str, dict[str, Any]] = {}
+        self._next_keyed_look = 0.0  # see _claim
         self._runner: Runner | None = None
         self._monitor: Monitor | None = None
         self._listener: Listener | None = None
@@ -185,6 +189,8 @@ class SQLAlchemyBackend(Backend):
             return
         if job.meta:
             row['meta'] = codec.dumps(job.meta)  # TypeError: the caller is told
+        if row.get('concurrency_key') is not None:
+            self._next_keyed_look = 0.0
         self.insert(row)
 
     def insert(self, row: dict[str, Any], expires_at: float | None = None) -> str | None:
@@ -455,7 +461,15 @@ class SQLAlchemyBackend(Backend):
                     'attempt': row['attempt'] - 1}))
 
     def _claim(self, queues: list[str], limit: int) -> list[dict[str, Any]]:
-        return claim(self.engines, self.worker_id, queues, time.time(), limit)
+        # While no keyed job is claimable, look for one at most every
+        # KEYED_LOOK_INTERVAL: the look is a query, and most claims need none.
+        now = time.time()
+        look = now >= self._next_keyed_look
+        rows = claim(self.engines, self.worker_id, queues, now, limit, keyed_too=look)
+        if look:
+            keyed = any(row.get('concurrency_key') is not None for row in rows)
+            self._next_keyed_look = 0.0 if keyed else now + KEYED_LOOK_INTERVAL
+        return rows
 
     def _execute(self, row: dict[str, Any]) -> None:
         """Run one claimed row through ``runtime.execute`` (never raises)."""
@@ -473,6 +487,7 @@ class SQLAlchemyBackend(Backend):
 
     def _slot_freed(self) -> None:
         # A keyed job ended: the next job of its key may be claimed, here and elsewhere.
+        self._next_keyed_look = 0.0
         self.wake.set()
         if self.listens:
             try:

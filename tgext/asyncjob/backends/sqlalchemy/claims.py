@@ -68,13 +68,15 @@ def _claim_returning(queues: tuple[str, ...]) -> Update:
 
 
 def claim(engines: Engines, worker_id: str, queues: Sequence[str], now: float,
-          limit: int) -> list[dict[str, Any]]:
+          limit: int, *, keyed_too: bool = True) -> list[dict[str, Any]]:
     """Mark up to ``limit`` due jobs of ``queues`` running for ``worker_id``; return
-    them (``attempt`` already counting this run), highest priority first."""
+    them (``attempt`` already counting this run), highest priority first. Keyed jobs
+    only with ``keyed_too`` (looking for them is a query of its own)."""
     if limit <= 0:
         return []
-    taken = keyed.claim_keyed(engines, worker_id, queues, now, limit,
-                              CLAIMED_COLUMNS, running(worker_id, now))
+    taken = (keyed.claim_keyed(engines, worker_id, queues, now, limit,
+                               CLAIMED_COLUMNS, running(worker_id, now))
+             if keyed_too else [])
     if len(taken) < limit:
         taken += _claim_unkeyed(engines, worker_id, queues, now, limit - len(taken))
     taken.sort(key=lambda r: (-r['priority'], r['run_at']))

@@ -21,6 +21,8 @@ log = logging.getLogger('tgext.asyncjob')
 
 #: The longest wait between two claims after a database error.
 MAX_BACKOFF = 5.0
+#: The shortest wait for a job that is due but was not claimed.
+MIN_WAIT = 0.01
 
 
 class Runner:
@@ -160,7 +162,9 @@ class Runner:
         except Exception:
             due = None
         if due is not None:
-            timeout = min(timeout, max(due - time.time(), 0.0))
+            # A job due already that the claim did not take (its key's look is not yet
+            # due, a row locked by a cancel) is tried again soon, not in a busy loop.
+            timeout = min(timeout, max(due - time.time(), MIN_WAIT))
         self.wake.wait(timeout)
 
     def _execute_loop(self) -> None:
