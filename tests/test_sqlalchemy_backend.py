@@ -898,3 +898,18 @@ def test_a_claim_never_takes_more_than_its_limit(url):
         assert sorted(running) == sorted(taken)
     finally:
         engines.dispose()
+
+
+def test_a_burst_worker_is_unregistered_once(make_app, sqlite_db_url, caplog):
+    # work(burst=True) unregisters the worker as it returns; the queue's stop() (at
+    # exit, say) must not do it again: the database may be gone by then.
+    app = sql_app(make_app, sqlite_db_url, in_process='false')
+    q = queue_of(app)
+    q.perform(noop, (1,))
+    q.backend.work(threads=1, burst=True)
+    with q.backend.engines.write.begin() as conn:
+        conn.execute(schema.workers.delete())
+        schema.workers.drop(conn)
+    caplog.clear()
+    q.stop(5)
+    assert 'could not unregister' not in caplog.text

@@ -146,6 +146,7 @@ class SQLAlchemyBackend(Backend):
         self._rows: dict[str, dict[str, Any]] = {}
         self._next_keyed_look = 0.0  # see _claim
         self._runner: Runner | None = None
+        self._registered = False  # this worker has a row in asyncjob_workers
         self._monitor: Monitor | None = None
         self._listener: Listener | None = None
         self._same_db: dict[int, bool] = {}
@@ -416,6 +417,7 @@ class SQLAlchemyBackend(Backend):
                               functools.partial(next_run_at, self.engines, names), self.wake,
                               threads=threads, poll_interval=self.poll_interval, burst=burst,
                               unclaim=self._unclaim)
+        self._registered = True  # its row goes with the services (_stop_services)
         try:  # registered before the first claim, so no rescuer takes its jobs
             beat(self.engines, self.worker_id, time.time())
         except SQLAlchemyError as exc:
@@ -629,7 +631,8 @@ class SQLAlchemyBackend(Backend):
                 service.stop()
         self._monitor = self._listener = None
         self.progress.stop()
-        if self._runner is not None:
+        if self._registered:  # once: a burst work() and the queue's stop() both end here
+            self._registered = False
             try:
                 retire(self.engines, self.worker_id)
             except SQLAlchemyError as exc:
@@ -649,5 +652,6 @@ class SQLAlchemyBackend(Backend):
         self._same_db = {}
         was_running = self._runner is not None and not self.closed
         self._runner = self._monitor = self._listener = None
+        self._registered = False  # the parent's row is the parent's
         if was_running and not self.runtime.stopping:
             self.start()
