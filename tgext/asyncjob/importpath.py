@@ -22,25 +22,29 @@ def callable_path(func: Callable[..., Any], backend: str) -> str:
     """
     module = getattr(func, '__module__', None)
     qualname = getattr(func, '__qualname__', None)
-    what = f'the {backend} backend cannot queue {func!r}'
+
+    def refused(reason: str) -> TypeError:
+        # Built only on refusal: perform() names every callable, and repr() is not free.
+        return TypeError(f'the {backend} backend cannot queue {func!r}: {reason}'
+                         f'{THREADS_HINT}')
+
     if not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(f'{what}: worker processes import the callable by name, and it has '
-                        f'none; queue a module-level function instead{THREADS_HINT}')
+        raise refused('worker processes import the callable by name, and it has none; '
+                      'queue a module-level function instead')
     if '<lambda>' in qualname or '<locals>' in qualname:
         kind = 'a lambda' if '<lambda>' in qualname else 'a nested function or closure'
-        raise TypeError(f'{what}: it is {kind}, which cannot be imported by name by a '
-                        f'worker process; queue a module-level function instead'
-                        f'{THREADS_HINT}')
+        raise refused(f'it is {kind}, which cannot be imported by name by a worker '
+                      f'process; queue a module-level function instead')
     if module == '__main__':
-        raise TypeError(f'{what}: it is defined in __main__, which cannot be imported by '
-                        f'name by a worker process; move it to a module{THREADS_HINT}')
+        raise refused('it is defined in __main__, which cannot be imported by name by a '
+                      'worker process; move it to a module')
     target: Any = sys.modules.get(module)
     for part in qualname.split('.'):
         target = getattr(target, part, None)
     if target is not func and not (target is not None and target == func):
-        raise TypeError(f'{what}: {module}.{qualname} does not name it (a bound method of '
-                        f'an instance, or a replaced attribute); queue a module-level '
-                        f'function and pass the data it needs{THREADS_HINT}')
+        raise refused(f'{module}.{qualname} does not name it (a bound method of an '
+                      f'instance, or a replaced attribute); queue a module-level function '
+                      f'and pass the data it needs')
     return f'{module}:{qualname}'
 
 
