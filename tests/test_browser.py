@@ -384,6 +384,11 @@ def _click_action(driver, jobid, action):
         "css selector", 'tr[data-job="%s"] button[data-action="%s"]' % (jobid, action)).click()
     WebDriverWait(driver, PAGE_TIMEOUT).until(EC.staleness_of(old),
                                               message="the %s did not reload the page" % action)
+    # The old page is gone once the new one commits, not once it has loaded: a find
+    # made meanwhile can get a node of a document that is still being replaced.
+    WebDriverWait(driver, PAGE_TIMEOUT).until(
+        lambda d: d.execute_script("return document.readyState") == "complete",
+        message="the page the %s led to did not finish loading" % action)
 
 
 def _count(driver, state):
