@@ -14,8 +14,9 @@ as a join that rescans the subquery, and with ``SKIP LOCKED`` every rescan retur
 rows not yet locked: one claim then takes more rows than its limit. MySQL and
 MariaDB cannot ``UPDATE ... RETURNING`` nor update a table they select from in a
 subquery: there the locked rows are selected, then updated, in one transaction.
-Either way the UPDATE also requires ``state = 'queued'``, a compare-and-set: a job
-cancelled meanwhile is never taken. The one-statement claim is built once per set of
+A job cancelled meanwhile is never taken: the rows are locked (or, on SQLite, the
+write lock held) from the SELECT to the UPDATE, and a cancel is itself an UPDATE
+requiring ``state = 'queued'``. The one-statement claim is built once per set of
 queues, with bound parameters (see :mod:`.transitions`).
 
 Jobs with a ``concurrency_key`` are left out of that query: they are claimed first,
@@ -31,7 +32,7 @@ from sqlalchemy.sql import Select, Update
 
 from . import keyed
 from .engine import Engines
-from .schema import jobs
+from .schema import in_queues, jobs
 
 #: What a worker needs to run a claimed job.
 CLAIMED_COLUMNS = [jobs.c.id, jobs.c.func, jobs.c.name, jobs.c.args, jobs.c.kwargs,
@@ -42,7 +43,7 @@ CLAIMED_COLUMNS = [jobs.c.id, jobs.c.func, jobs.c.name, jobs.c.args, jobs.c.kwar
 def due_jobs(queues: Sequence[str], now: Any, limit: Any) -> Select:
     """The claim query (locks the rows it returns, skipping locked ones)."""
     return (select(jobs.c.id)
-            .where(jobs.c.state == 'queued', jobs.c.queue.in_(list(queues)),
+            .where(jobs.c.state == 'queued', in_queues(queues),
                    jobs.c.run_at <= now, jobs.c.concurrency_key.is_(None))
             .order_by(jobs.c.priority.desc(), jobs.c.run_at)
             .limit(limit)
@@ -61,8 +62,12 @@ def _claim_returning(queues: tuple[str, ...]) -> Update:
     now: Any = bindparam('claim_now', type_=Double())
     due = (due_jobs(queues, now, bindparam('claim_limit', type_=Integer()))
            .cte('due').prefix_with('MATERIALIZED', dialect='postgresql'))
+    # No second ``state = 'queued'`` test here: the CTE locked the rows it returns (on
+    # SQLite the transaction holds the write lock), so they are still queued, and with
+    # such a test PostgreSQL may walk the state index (every queued row) instead of
+    # looking the few ids up by primary key.
     return (update(jobs)
-            .where(jobs.c.id.in_(select(due.c.id)), jobs.c.state == 'queued')
+            .where(jobs.c.id.in_(select(due.c.id)))
             .values(running(bindparam('claim_worker', type_=String()), now))
             .returning(*CLAIMED_COLUMNS))
 
@@ -125,5 +130,5 @@ def next_run_at(engines: Engines, queues: Sequence[str]) -> float | None:
     with engines.read.connect() as conn:
         return conn.execute(select(func.min(jobs.c.run_at))
                             .where(jobs.c.state == 'queued',
-                                   jobs.c.queue.in_(list(queues)),
+                                   in_queues(queues),
                                    keyed.claimable())).scalar()

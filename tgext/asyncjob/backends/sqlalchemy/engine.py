@@ -35,7 +35,10 @@ SQLITE_BUSY_TIMEOUT = 30
 @dataclasses.dataclass
 class Engines:
     """``write`` for transactions (claims), ``read`` for record reads, ``auto`` for
-    single statements (AUTOCOMMIT). SQLite: ``auto`` is ``write``, ``read`` its own."""
+    single statements (AUTOCOMMIT). Every read is one statement, so ``read`` is
+    ``auto`` too (no BEGIN before it, no ROLLBACK after: one round trip, not three);
+    SQLite: ``auto`` is ``write``, ``read`` its own (reads never wait for the write
+    lock)."""
 
     write: Engine
     read: Engine
@@ -57,6 +60,17 @@ class Engines:
                 yield conn
         else:
             with self.auto.connect() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction for several statements (SQLite: ``BEGIN IMMEDIATE``, one
+        writing thread at a time, as :meth:`writing`)."""
+        if self.write_lock is not None:
+            with self.write_lock, self.write.begin() as conn:
+                yield conn
+        else:
+            with self.write.begin() as conn:
                 yield conn
 
     @property
@@ -95,7 +109,7 @@ def make_engines(url: str, **engine_options: Any) -> Engines:
     # No transaction is ever open on these connections: nothing to reset on return.
     auto = sqlalchemy.create_engine(url, **{**options, 'isolation_level': 'AUTOCOMMIT',
                                             'pool_reset_on_return': None})
-    return Engines(engine, engine, auto)
+    return Engines(engine, auto, auto)
 
 
 def _begin_immediate(engine: Engine) -> None:

@@ -9,8 +9,11 @@ dialect compares them the same way; keep the machines' clocks in sync (NTP).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from sqlalchemy import (Boolean, Column, Double, Index, Integer, MetaData, String, Table,
-                        Text)
+                        Text, bindparam)
+from sqlalchemy.sql import ColumnElement
 from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.engine import Connection, Engine
 
@@ -65,6 +68,16 @@ jobs = Table(
 # ORDER BY priority DESC, run_at. The index walks exactly that order.
 Index('ix_asyncjob_jobs_claim', jobs.c.state, jobs.c.queue, jobs.c.priority.desc(),
       jobs.c.run_at)
+
+
+
+def in_queues(queues: Sequence[str]) -> ColumnElement[bool]:
+    """``queue IN (...)`` with one bound parameter per name, its value set: for
+    statements built once per set of queues (an expanding ``IN`` would be rendered
+    again at every execution)."""
+    return jobs.c.queue.in_([bindparam(f'queue_{i}', name, type_=String())
+                             for i, name in enumerate(queues)])
+
 
 #: Unique keys held (``asyncjob_options(unique_key=...)``): at most one row per key, so
 #: the primary key makes taking one atomic between transactions on every dialect. A

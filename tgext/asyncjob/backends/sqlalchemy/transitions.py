@@ -13,21 +13,30 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import and_, bindparam, true, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Update
+from sqlalchemy.sql import ColumnElement, Update
 
 from .schema import jobs
 
 FINAL_STATES = ('succeeded', 'failed', 'cancelled')
 
 
+def of_row(jobid: Any, *expected: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``id = jobid``, and the row only if ``expected`` all hold: the compare of a
+    compare-and-set. The expectations are tested as one ``(...) IS TRUE``, which no
+    index can serve: otherwise, while a table has no statistics yet (created minutes
+    ago), PostgreSQL may find the row through an index on ``state`` (walking every
+    row that ever held that state) rather than by its primary key."""
+    return and_(jobs.c.id == jobid, and_(*expected).is_(true()))
+
+
 @functools.lru_cache(maxsize=64)
 def _run_update(columns: tuple[str, ...]) -> Update:
     return (update(jobs)
-            .where(jobs.c.id == bindparam('run_id'), jobs.c.state == 'running',
-                   jobs.c.worker_id == bindparam('run_worker'),
-                   jobs.c.attempt == bindparam('run_attempt'))
+            .where(of_row(bindparam('run_id'), jobs.c.state == 'running',
+                          jobs.c.worker_id == bindparam('run_worker'),
+                          jobs.c.attempt == bindparam('run_attempt')))
             .values({name: bindparam('set_' + name, type_=jobs.c[name].type)
                      for name in columns}))
 
@@ -54,21 +63,21 @@ def finish_run(conn: Connection, jobid: str, worker_id: str, attempt: int,
 def cancel_queued(conn: Connection, jobid: str, now: float, detail: str) -> bool:
     """Queued → cancelled, atomically: ``False`` if it is no longer queued (a worker
     claimed it first, and the job runs)."""
-    stmt = (update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'queued')
+    stmt = (update(jobs).where(of_row(jobid, jobs.c.state == 'queued'))
             .values(state='cancelled', finished_at=now, detail=detail))
     return conn.execute(stmt).rowcount == 1
 
 
 def request_cancel(conn: Connection, jobid: str) -> bool:
     """Flag a running job; its worker's monitor hands the flag to the job."""
-    stmt = (update(jobs).where(jobs.c.id == jobid, jobs.c.state == 'running')
+    stmt = (update(jobs).where(of_row(jobid, jobs.c.state == 'running'))
             .values(cancel_requested=True))
     return conn.execute(stmt).rowcount == 1
 
 
 def set_progress(conn: Connection, updates: list[dict[str, Any]]) -> None:
     """Progress of running jobs, one executemany: ``{'jobid', 'progress', 'data'}``."""
-    stmt = (update(jobs).where(jobs.c.id == bindparam('jobid'), jobs.c.state == 'running')
+    stmt = (update(jobs).where(of_row(bindparam('jobid'), jobs.c.state == 'running'))
             .values(progress=bindparam('p_value'), data=bindparam('p_data')))
     conn.execute(stmt, [{'jobid': u['jobid'], 'p_value': u['progress'], 'p_data': u['data']}
                         for u in updates])
