@@ -66,12 +66,21 @@ class Run:
     job: Job
     attempt: int
     worker_id: str
+    #: A worker thread of this process runs it (its end is written behind, see the
+    #: store), rather than a transition made here for a run elsewhere (a rescue).
+    executing: bool = False
+    #: Its ``succeeded`` row was committed with the job's own work (see _completing).
+    recorded: bool = False
 
 
 def _open_transaction() -> Any:
     # The thread's current transaction, never creating one (see queue._open_transaction).
     import transaction
     return getattr(transaction.manager.manager, '_txn', None)
+
+
+def _note_recorded(committed: bool, run: Run) -> None:
+    run.recorded = committed
 
 
 def _not_loaded() -> None:
@@ -344,6 +353,7 @@ class SQLAlchemyBackend(Backend):
         a second (``asyncjob_cancelled()``). False if it is neither."""
         if not isinstance(jobid, str) or len(jobid) > 32:
             return False
+        self.store.flush_finals()  # a job that ended here is not flagged as running
         with self.engines.writing() as conn:
             if transitions.cancel_queued(conn, jobid, time.time(),
                                          'cancelled before it started'):
@@ -478,7 +488,7 @@ class SQLAlchemyBackend(Backend):
         job = self._job_of(row)
         if job is None:
             return
-        self.runs[job.id] = Run(job, row['attempt'], self.worker_id)
+        self.runs[job.id] = Run(job, row['attempt'], self.worker_id, executing=True)
         try:
             self.runtime.execute(job)
         finally:
@@ -560,6 +570,10 @@ class SQLAlchemyBackend(Backend):
             raise LeaseLost(f'job {jobid} was taken from this worker while it ran (its '
                             f'heartbeat was late, or the worker was stopping): its work is '
                             f'rolled back')
+        run = self.runs.get(jobid)
+        if run is not None:  # the store need not write it again, once this commits
+            import transaction
+            transaction.get().addAfterCommitHook(_note_recorded, (run,))
 
     def _write_progress(self, updates: list[dict[str, Any]]) -> None:
         with self.engines.writing() as conn:
@@ -631,6 +645,7 @@ class SQLAlchemyBackend(Backend):
                 service.stop()
         self._monitor = self._listener = None
         self.progress.stop()
+        self.store.flush_finals()  # before this worker's row goes: its jobs are done
         if self._registered:  # once: a burst work() and the queue's stop() both end here
             self._registered = False
             try:

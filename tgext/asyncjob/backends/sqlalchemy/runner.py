@@ -3,15 +3,22 @@ that are free, and ``threads`` executor threads run them.
 
 One fetcher per process (not one per thread) makes one claim for all free threads
 (one round trip for several jobs) and owns the single wake-up event, so no wake-up
-is ever consumed by a thread that then finds nothing to do. While jobs keep coming,
-an executor that finished one claims its next itself, at once: the claims of busy
-threads run side by side instead of queuing behind the fetcher's one at a time (each
-waits for a commit); an executor that finds nothing goes back to the fetcher. An
-executor claims for itself only while the last claim found all it asked for.
+is ever consumed by a thread that then finds nothing to do. Executors never claim:
+a job's end is written behind (see the store), so an executor is free a few
+microseconds after its job returns, and while a claim is on its way the others
+finish theirs: with short jobs every claim takes a job for every thread.
+
+While this worker's jobs are short (on average under :data:`PREFETCH_BELOW`), the
+fetcher also claims ahead: enough jobs to keep every thread busy while its next
+claim travels (as many as the threads run in one claim's time, at least one more
+per thread, at most :data:`MAX_AHEAD` per thread), claiming again once half of them
+have started. Jobs claimed ahead wait about one claim's round trip; no process holds
+more than ``threads * (1 + MAX_AHEAD)`` jobs; long jobs are never claimed ahead.
 """
 from __future__ import annotations
 
 import logging
+import math
 import queue as stdqueue
 import threading
 import time
@@ -23,6 +30,10 @@ log = logging.getLogger('tgext.asyncjob')
 MAX_BACKOFF = 5.0
 #: The shortest wait for a job that is due but was not claimed.
 MIN_WAIT = 0.01
+#: Jobs claimed ahead while the average job of this runner lasts less (seconds).
+PREFETCH_BELOW = 0.01
+#: Jobs claimed ahead, at most, per thread.
+MAX_AHEAD = 8
 
 
 class Runner:
@@ -52,21 +63,18 @@ class Runner:
         self.poll_interval = poll_interval
         self.burst = burst
         self.name = name
-        self._free = threading.Semaphore(self.threads)
         self._work: stdqueue.SimpleQueue[dict[str, Any] | None] = stdqueue.SimpleQueue()
         self._stopping = threading.Event()
         self._released = threading.Event()
         # Rows go to the executors, and stop() sends its sentinels, under this lock: a
         # row claimed as the stop began is handed back, never left behind a sentinel.
         self._handoff = threading.Lock()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._idle = threading.Condition(self._busy_lock)
+        self._taken = 0  # claimed and not finished: running, or waiting in _work
+        self._idle = threading.Condition()  # notified whenever _taken goes down
+        # Moving averages: how long a job runs (unknown counts as long), a claim takes.
+        self._job_seconds = math.inf
+        self._claim_seconds = 0.0
         self._executors: list[threading.Thread] = []
-        # Whether the last claim found as many jobs as it asked for (more may be due):
-        # only then does a finishing executor claim for itself (a hint: if wrong, one
-        # empty claim, or the next job waits for the fetcher's wake-up or poll).
-        self._more = False
         self._fetcher: threading.Thread | None = None
 
     # -- running -------------------------------------------------------------------
@@ -99,25 +107,19 @@ class Runner:
         for thread in self._executors:
             thread.join()
 
-    @property
-    def busy(self) -> int:
-        """How many jobs are running now."""
-        return self._busy
-
     def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            if not self._free.acquire(timeout=0.5):
-                continue  # every thread busy
-            free = 1
-            while free < self.threads and self._free.acquire(blocking=False):
-                free += 1
+            wanted = self._wanted()
+            if not wanted:
+                continue
             self.wake.clear()  # a wake-up from now on means: claim again
+            started = time.monotonic()
             try:
-                rows = [] if self._stopping.is_set() else self.claim(free)
+                rows = [] if self._stopping.is_set() else self.claim(wanted)
+                self._claim_seconds = _average(self._claim_seconds,
+                                               time.monotonic() - started)
             except Exception as exc:
-                for _ in range(free):
-                    self._free.release()
                 failures += 1
                 if failures == 1:
                     log.warning('asyncjob: cannot claim jobs, retrying until the database '
@@ -127,29 +129,39 @@ class Runner:
             if failures:
                 log.warning('asyncjob: claiming jobs again')
                 failures = 0
-            self._more = len(rows) == free
-            for _ in range(free - len(rows)):
-                self._free.release()
             if rows:
                 with self._handoff:
                     stopping = self._stopping.is_set()
                     if not stopping:
-                        with self._busy_lock:
-                            self._busy += len(rows)
+                        with self._idle:
+                            self._taken += len(rows)
                         for row in rows:
                             self._work.put(row)
                 if stopping:  # claimed as the stop began: back to the queue, unrun
-                    for _ in rows:
-                        self._free.release()
                     self.unclaim(rows)
                 continue
             if self.burst and self._burst_done():
                 return
             self._wait_for_work()
 
+    def _wanted(self) -> int:
+        """How many jobs to claim now, once there is room (0 after half a second
+        without any, to look at the stop flag again)."""
+        ahead = 0
+        if self._job_seconds < PREFETCH_BELOW:
+            per_claim = self._claim_seconds / max(self._job_seconds, 1e-6)
+            ahead = self.threads * min(max(math.ceil(per_claim), 1), MAX_AHEAD)
+        room = self.threads + ahead // 2  # claim again once half of those started
+        with self._idle:
+            if self._taken >= room + (1 if ahead else 0):
+                self._idle.wait(0.5)
+            if self._taken >= room + (1 if ahead else 0):
+                return 0
+            return self.threads + ahead - self._taken
+
     def _burst_done(self) -> bool:
-        with self._busy_lock:
-            if self._busy:
+        with self._idle:
+            if self._taken:
                 self._idle.wait(0.5)
                 return False
         due = self.next_due()
@@ -172,39 +184,15 @@ class Runner:
             row = self._work.get()
             if row is None:
                 return
-            while row is not None:
-                try:
-                    self.execute(row)
-                except BaseException:  # execute never raises; if it does, the thread goes on
-                    log.exception('asyncjob: running job %s failed unexpectedly',
-                                  row.get('id'))
-                row = self._claim_next()  # still counted busy, still holding its slot
-            with self._busy_lock:
-                self._busy -= 1
+            started = time.monotonic()
+            try:
+                self.execute(row)
+            except BaseException:  # execute never raises; if it does, the thread goes on
+                log.exception('asyncjob: running job %s failed unexpectedly', row.get('id'))
+            self._job_seconds = _average(self._job_seconds, time.monotonic() - started)
+            with self._idle:
+                self._taken -= 1
                 self._idle.notify_all()
-            self._free.release()
-
-    def _claim_next(self) -> dict[str, Any] | None:
-        """One due row for this executor, or ``None`` (none due, stopping, or the
-        claim failed: the fetcher retries and reports)."""
-        if self._stopping.is_set() or not self._more:
-            return None
-        try:
-            rows = self.claim(1)
-        except Exception as exc:
-            log.debug('asyncjob: an executor could not claim its next job: %s', exc)
-            rows = []
-        if not rows:
-            self._more = False
-            return None
-        with self._handoff:
-            if not self._stopping.is_set():
-                return rows[0]
-        try:  # claimed as the stop began: back to the queue, unrun
-            self.unclaim(rows)
-        except Exception:  # left running: the rescue of this worker's jobs takes it
-            log.exception('asyncjob: could not queue job %s again', rows[0].get('id'))
-        return None
 
     # -- stopping ------------------------------------------------------------------
 
@@ -224,3 +212,8 @@ class Runner:
     def release(self) -> None:
         """Let :meth:`run` return (after :meth:`stop` and whatever follows it)."""
         self._released.set()
+
+
+def _average(average: float, value: float) -> float:
+    """The moving average of a duration after ``value`` (the first value when none)."""
+    return value if average in (math.inf, 0.0) else 0.8 * average + 0.2 * value

@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ...errors import TrackerUnavailable
+from ...trackers.writebehind import WriteBehind
 from ...trackers.base import (STATES, check_annotations, check_page, check_progress_value,
                               progress_from_record)
 from . import codec, transitions
@@ -37,8 +38,9 @@ class SQLJobStore:
     supports_status = True
     supports_listing = True
 
-    def __init__(self, backend: SQLAlchemyBackend):
+    def __init__(self, backend: SQLAlchemyBackend, linger: float = 0.002):
         self.backend = backend
+        self._finals = WriteBehind(self._write_finals, linger)
 
     # -- reads ---------------------------------------------------------------------
 
@@ -141,9 +143,10 @@ class SQLJobStore:
             self.backend.runs.pop(entryid, None)
 
     def finish(self, entryid: str, fields: dict[str, Any]) -> None:
-        """The final state. A run of this process: compare-and-set on that run (a
-        no-op if its own transaction already recorded it, or it was rescued);
-        otherwise the job must still be queued (cancelled, or not runnable)."""
+        """The final state. A run of this process: compare-and-set on that run,
+        written behind (below); nothing at all if the job's own transaction recorded
+        it already. Otherwise (cancelled, or not runnable) the job must still be
+        queued, and it is written now."""
         values = {'state': fields['state'], 'finished_at': fields.get('finished_at', time.time()),
                   'detail': fields.get('detail') or None}
         if fields.get('result') is not None:
@@ -152,9 +155,17 @@ class SQLJobStore:
             values['error'] = codec.dumps(fields['error'])
         run = self.backend.runs.get(entryid)
         if run is not None:
+            if run.recorded and values['state'] == 'succeeded':
+                return
             pending = self.backend.progress.take(entryid)
             if pending is not None:
                 values.update(progress=pending['progress'], data=pending['data'])
+            if run.executing:
+                self._finals.add((entryid, run, values))
+                return
+        self._store_final(entryid, run, values)
+
+    def _store_final(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
         try:
             self._until_stored(lambda: self._finish(entryid, run, values))
         except DBAPIError as exc:  # refused (not a connection problem): record why
@@ -164,6 +175,31 @@ class SQLJobStore:
             self._until_stored(lambda: self._finish(entryid, run, {
                 'state': 'failed', 'finished_at': values['finished_at'],
                 'error': codec.dumps(error)}))
+
+    def _write_finals(self, batch: list[tuple[str, Any, dict[str, Any]]]) -> None:
+        """The ends of runs of this process, all in one transaction. Nobody waits for
+        them: the worker thread takes its next job at once, and a backlog of short
+        jobs shares one commit (River's batched completer). Until written, the row
+        still says running: if the process dies meanwhile, the job is rescued like
+        any other of a dead worker (see docs: delivery guarantees)."""
+        statements: dict[Any, list[dict[str, Any]]] = {}
+        for entryid, run, values in batch:
+            stmt, params = transitions.of_run(entryid, run.worker_id, run.attempt, values)
+            statements.setdefault(stmt, []).append(params)
+
+        def write() -> None:
+            with self.backend.engines.transaction() as conn:
+                for stmt, rows in statements.items():
+                    conn.execute(stmt, rows)
+        try:
+            self._until_stored(write)
+        except DBAPIError:  # refused: one by one, so that a bad row fails alone
+            for entryid, run, values in batch:
+                self._store_final(entryid, run, values)
+
+    def flush_finals(self) -> None:
+        """Write the ends of runs waiting to be written, now."""
+        self._finals.flush()
 
     def _finish(self, entryid: str, run: Any, values: dict[str, Any]) -> None:
         with self.backend.engines.writing() as conn:
@@ -207,8 +243,9 @@ class SQLJobStore:
             conn.execute(delete(jobs).where(jobs.c.id == entryid, jobs.c.state == 'queued'))
 
     def flush(self) -> None:
-        """Write pending progress now."""
+        """Write pending progress and the ends of runs now."""
         self.backend.progress.flush()
+        self.flush_finals()
 
     def delete_finished(self, entryid: str) -> bool:
         """Delete a finished job's row; False for a live or unknown one."""
