@@ -163,3 +163,25 @@ def test_a_job_that_ended_here_is_not_flagged_as_running_by_a_cancel(make_app,
     assert q.cancel(jobid) is False
     assert q.get_status(jobid).state is JobState.SUCCEEDED
     assert not job_rows(sqlite_db_url, id=jobid)[0]['cancel_requested']
+
+
+def test_jobs_claimed_ahead_are_handed_back_unrun_at_stop():
+    # They wait in this process with rows that say running: a stop must not leave
+    # them to run after it returned, nor to a rescue as if this worker had died.
+    release, started, unclaimed = threading.Event(), [], []
+
+    def execute(row):
+        started.append(row['id'])
+        release.wait(WAIT)
+    rows = [[{'id': 'a'}, {'id': 'b'}, {'id': 'c'}]]
+    runner = Runner(lambda limit: rows.pop() if rows else [], execute, lambda: None,
+                    threading.Event(), threads=1, poll_interval=0.05,
+                    unclaim=unclaimed.extend)
+    runner.start()
+    wait_for(lambda: started, timeout=WAIT, message='the first job never started')
+    stopper = threading.Thread(target=runner.stop, args=(WAIT,))
+    stopper.start()
+    wait_for(lambda: unclaimed, timeout=WAIT, message='nothing was handed back')
+    release.set()
+    stopper.join(WAIT)
+    assert started == ['a'] and unclaimed == [{'id': 'b'}, {'id': 'c'}]

@@ -197,13 +197,27 @@ class Runner:
     # -- stopping ------------------------------------------------------------------
 
     def stop(self, timeout: float) -> bool:
-        """Claim no more; wait up to ``timeout`` s for running jobs. True if none is
-        left running."""
+        """Claim no more; jobs claimed but not started (claimed ahead) are handed
+        back, unrun; wait up to ``timeout`` s for running jobs. True if none is left
+        running."""
         deadline = time.monotonic() + max(timeout, 0)
+        waiting = []
         with self._handoff:
             self._stopping.set()
+            while True:
+                try:
+                    row = self._work.get(block=False)
+                except stdqueue.Empty:
+                    break
+                if row is not None:
+                    waiting.append(row)
             for _ in self._executors:
                 self._work.put(None)
+        if waiting:
+            with self._idle:
+                self._taken -= len(waiting)
+                self._idle.notify_all()
+            self.unclaim(waiting)
         self.wake.set()
         for thread in self._executors:
             thread.join(max(deadline - time.monotonic(), 0))
