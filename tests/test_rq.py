@@ -719,3 +719,57 @@ def test_work_runs_one_job_at_a_time_per_process(rq_app, workers):
     proc = workers("--threads", "2", command=("tgext.asyncjob", "worker"))
     assert proc.wait(60) == 2
     assert "one job at a time per worker process" in workers.logs()
+
+
+@pytest.mark.parametrize("simple", [False, True], ids=["forking", "simple"])
+def test_stopping_worker_never_parks_its_command_channel_thread(rq_redis_url, simple):
+    """A worker's exit cannot hang on RQ's pubsub thread (its command channel).
+
+    RQ sent UNSUBSCRIBE, then cleared the thread's stop flag; a thread that handled the
+    reply first looped once more and, left with no subscription, waited in
+    ``PubSub.get_message`` for one for ``sleep_time`` (60 s), while ``stop()`` joined
+    it: ``worker --burst`` hung after "unsubscribing from channel". Here the reply is
+    made to arrive first (the send waits until the thread has handled it); the thread
+    must end rather than wait for a subscription. Its waits are recorded, not made.
+    """
+    from tgext.asyncjob.rqworker import TGSimpleWorker, TGWorker
+    client = redis.Redis.from_url(rq_redis_url)
+    suffix = uuid.uuid4().hex[:12]
+    cls = TGSimpleWorker if simple else TGWorker
+    worker = cls([rq.Queue("pubsub-test-%s" % suffix, connection=client)],
+                 connection=client, name="pubsub-test-%s" % suffix)
+    try:
+        worker.subscribe()
+        pubsub, thread = worker.pubsub, worker.pubsub_thread
+        parked = []  # the timeouts the thread would have waited for a subscription
+
+        class RecordedEvent(threading.Event):
+            def wait(self, timeout=None):
+                if threading.current_thread() is thread:
+                    parked.append(timeout)
+                    return self.is_set()
+                return super().wait(timeout)
+
+        subscribed = RecordedEvent()
+        subscribed.set()  # subscribe() set the original: the subscription is there
+        pubsub.subscribed_event = subscribed
+
+        send_unsubscribe = pubsub.unsubscribe
+
+        def unsubscribe(*args):
+            result = send_unsubscribe(*args)
+            # The thread handles the reply before the worker goes on: it then waits
+            # for a subscription (the hang) or ends.
+            wait_for(lambda: parked or not thread.is_alive(), timeout=30,
+                     message="the pubsub thread neither ended nor waited")
+            return result
+
+        pubsub.unsubscribe = unsubscribe
+        worker.unsubscribe()
+        assert not parked, ("the pubsub thread waited for a subscription at the worker's "
+                            "end (%d times, up to %ss each)" % (len(parked), parked[0]))
+        assert not thread.is_alive()
+    finally:
+        if worker.pubsub_thread is not None and worker.pubsub_thread.is_alive():
+            worker.pubsub_thread.stop()
+        client.close()

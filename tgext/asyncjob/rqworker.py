@@ -125,7 +125,53 @@ class _Heartbeats:
         return self.tg_abandoned_after
 
 
-class TGWorker(_Heartbeats, Worker):
+#: Seconds a stopping worker waits for its pubsub thread (RQ's command channel) to end
+#: before it closes the pubsub under it; the thread is a daemon either way.
+PUBSUB_STOP_TIMEOUT = 5.0
+
+
+class _PubSubShutdown:
+    """Both worker classes: an end of RQ's command channel that cannot park the exit.
+
+    RQ's ``unsubscribe()`` sends UNSUBSCRIBE, then stops the pubsub thread that
+    redis-py's ``run_in_thread(sleep_time=60)`` runs. The thread reads the reply; if it
+    handles it before the stop flag is cleared, its loop turns once more and, with no
+    subscription left, ``PubSub.get_message`` waits up to ``sleep_time`` (60 s) for a
+    subscription that never comes. redis-py's ``PubSubWorkerThread.stop()`` joins the
+    thread (without a timeout), so the worker, ``--burst`` or stopped by a signal, hung
+    up to a minute after RQ's "unsubscribing from channel" line before it exited.
+
+    Here the thread's stop flag is cleared *before* UNSUBSCRIBE is sent: the reply is
+    then the last thing the thread reads (only it clears the subscription, as it
+    handles that reply), it sees the flag and ends; the join is bounded all the same.
+    """
+
+    log: logging.Logger
+    pubsub: Any
+    pubsub_thread: Any
+    name: str
+    pubsub_channel_name: str
+
+    def unsubscribe(self) -> None:
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if not thread:
+            return
+        self.log.info('Worker %s: unsubscribing from channel %s', self.name,
+                      self.pubsub_channel_name)
+        running = getattr(thread, '_running', None)  # redis-py's PubSubWorkerThread flag
+        if running is not None:
+            running.clear()
+        pubsub.unsubscribe()
+        if running is None:
+            thread.stop()  # a redis-py without the flag: its own stop, after the send
+        thread.join(PUBSUB_STOP_TIMEOUT)
+        if thread.is_alive():
+            self.log.warning('Worker %s: the pubsub thread did not end within %ss; '
+                             'closing its connection', self.name, PUBSUB_STOP_TIMEOUT)
+        pubsub.close()
+
+
+class TGWorker(_PubSubShutdown, _Heartbeats, Worker):
     """RQ's forking worker; the child closes its own database connections at the end
     and never uses the ones it inherited."""
 
@@ -152,7 +198,7 @@ class TGWorker(_Heartbeats, Worker):
                     engine.dispose()
 
 
-class TGSimpleWorker(_Heartbeats, SimpleWorker):
+class TGSimpleWorker(_PubSubShutdown, _Heartbeats, SimpleWorker):
     """RQ's non-forking worker: jobs run in the worker process, one after the other.
 
     RQ's ``SimpleWorker`` sends no heartbeat while a job runs (the job holds its only
