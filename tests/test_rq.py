@@ -572,8 +572,11 @@ def test_worker_killed_with_its_work_horse_fails_the_job_within_the_bound(rq_app
     # Hooks of the process that noticed (here the web process) get the real callable.
     assert hook.failed == [(jobid, "rqapp.jobs.gate")]
     assert _statuses(app, [jobid])[jobid]["state"] == "failed"  # as the web pages see it
+    # RQ's cleanup records our failure (its failure callback) before it moves the job
+    # to its own failed registry: RQ says FAILED a moment later, not at the same instant.
     rq_job = rq.job.Job.fetch(jobid, connection=rq_setup["client"])
-    assert rq_job.get_status() == rq.job.JobStatus.FAILED
+    wait_for(lambda: rq_job.get_status() == rq.job.JobStatus.FAILED, timeout=10,
+             message=lambda: "RQ still says %s" % rq_job.get_status())
     assert _row_count(app.engine) == 0
 
 
