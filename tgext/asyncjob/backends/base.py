@@ -50,6 +50,22 @@ OPTION_FLAGS: dict[str, str] = {
 }
 
 
+#: lacking_options() answers, by backend class.
+_LACKING: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def lacking_options(backend_type: type) -> tuple[tuple[str, str], ...]:
+    """``(option, flag)`` of :data:`OPTION_FLAGS` whose flag is false on
+    ``backend_type``: the options :meth:`Backend.validate` refuses. Worked out once per
+    class (the flags are class attributes)."""
+    lacking = _LACKING.get(backend_type)
+    if lacking is None:
+        lacking = _LACKING[backend_type] = tuple(
+            (option, flag) for option, flag in OPTION_FLAGS.items()
+            if not getattr(backend_type, flag))
+    return lacking
+
+
 class Backend:
     """Base class of every backend. Subclasses override :meth:`enqueue` and the flags
     that differ; everything else has a working default.
@@ -97,6 +113,8 @@ class Backend:
         honour what ``job`` asks for; subclasses add their own checks (and may raise
         ``TypeError`` for callables or arguments they cannot carry). Called by
         ``JobQueue.perform`` before the job is stored."""
+        # On every perform: each check looks at the job only where this backend lacks
+        # the capability, so a backend that has them all checks almost nothing.
         name = type(self).__name__
         options = job.options
         if job.eta is not None and not self.supports_delay:
@@ -107,14 +125,15 @@ class Backend:
         if not self.supports_retry and policy_for(job.retry, job.func) is not None:
             raise UnsupportedOption(f'{name} cannot retry jobs: drop the retry policy of '
                                     f'{job.func_name}')
-        for option, flag in OPTION_FLAGS.items():
-            if not getattr(self, flag) and getattr(options, option, None) is not None:
+        for option, flag in lacking_options(type(self)):
+            if getattr(options, option, None) is not None:
                 raise UnsupportedOption(f'{name} does not support {option}= ({flag} is False)')
-        store = self.runtime.store
-        if (getattr(options, 'unique_key', None) is not None
-                and not callable(getattr(store, 'track_unique', None))):
-            raise UnsupportedOption(f'the job store {type(store).__name__} cannot hold unique '
-                                    'keys (unique_key=): use the memory or Redis tracker')
+        if getattr(options, 'unique_key', None) is not None:
+            store = self.runtime.store
+            if not callable(getattr(store, 'track_unique', None)):
+                raise UnsupportedOption(f'the job store {type(store).__name__} cannot hold '
+                                        'unique keys (unique_key=): use the memory or Redis '
+                                        'tracker')
 
     def enqueue(self, job: Job) -> None:
         """Hand over a due job, to be run (through ``runtime.execute``) as soon as a
