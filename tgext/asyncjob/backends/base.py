@@ -31,6 +31,7 @@ from ..job import Job
 from ..options import JobOptions
 from ..retry import policy_for
 from ..scheduler import Scheduler
+from ..timelimits import FLAG
 
 if TYPE_CHECKING:
     from ..execution import Runtime
@@ -98,6 +99,8 @@ class Backend:
     supports_unique = False
     supports_concurrency_limit = False
     supports_time_limit = False
+    #: How a job over its time limit is stopped (see :mod:`~tgext.asyncjob.timelimits`).
+    time_limit_mode = FLAG
 
     def __init__(self, runtime: Runtime, **options: Any):
         if options:
