@@ -487,6 +487,21 @@ def test_memory_tracker_results_whose_repr_raises_are_kept_within_budget():
     assert 'Hostile' in record['result'] and 'repr()' in record['detail']
 
 
+def test_memory_tracker_sizes_results_and_arguments_whose_truth_value_raises():
+    # Sizing takes a shortcut for empty containers: it must never ask an arbitrary
+    # object (a numpy array...) for its truth value, which may raise.
+    class Ambiguous:
+        def __bool__(self):
+            raise ValueError('the truth value is ambiguous')
+
+    tracker = MemoryProgressTracker()
+    jobid = new_id()
+    tracker.track(jobid, {'state': 'queued', 'args': (Ambiguous(),), 'kwargs': {}})
+    tracker.finish(jobid, {'state': 'succeeded', 'result': Ambiguous()})
+    record = tracker.get_record(jobid)
+    assert record['state'] == 'succeeded' and isinstance(record['result'], Ambiguous)
+
+
 # Forking a process whose threads run is what gunicorn --preload does (Python 3.12+ warns).
 @pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
 def test_memory_tracker_in_a_forked_child_shows_the_parents_live_jobs_as_unknown():

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import scoped_session
 
 from .forking import reset_in_child
+from .locate import thread_conf
 
 log = logging.getLogger('tgext.asyncjob')
 
@@ -47,18 +48,19 @@ def _sessions(conf: Mapping[str, Any] | None) -> list[Any]:
 def uses_ming(conf: Mapping[str, Any] | None) -> bool:
     """True if the application keeps documents in Ming: TG's ``ming.enabled`` (set
     from ``use_ming``), or one of its sessions is a ``ThreadLocalODMSession``."""
-    if conf is None:
+    return _uses_ming(conf, _thread_local_odm_session(), None)
+
+
+def _uses_ming(conf: Mapping[str, Any] | None, odm_session: Any,
+               sessions: list[Any] | None) -> bool:
+    # uses_ming() with Ming's session class and the app's sessions, when the caller
+    # has them already (after every job: each lookup once per job, not twice).
+    if conf is None or odm_session is None:
         return False
-    odm_session = _thread_local_odm_session()
-    if odm_session is None:
-        return False
+    if sessions is None:
+        sessions = _sessions(conf)
     return bool(conf.get('ming.enabled', conf.get('use_ming', False))) or any(
-        isinstance(s, odm_session) for s in _sessions(conf))
-
-
-def _ming_autoflush(conf: Mapping[str, Any] | None) -> bool:
-    # TG sets ming.autoflush (default true) when Ming is enabled: honour it as TG does.
-    return uses_ming(conf) and bool(conf.get('ming.autoflush', True))  # type: ignore[union-attr]
+        isinstance(s, odm_session) for s in sessions)
 
 
 class _Statements(threading.local):
@@ -105,10 +107,10 @@ def run_in_transaction(func: Callable[..., Any], args: tuple = (),
     kwargs = kwargs or {}
     if conf is None:
         # The configuration the worker thread pushed for its application, if any.
-        from .locate import thread_conf
         conf = thread_conf()
-    flush_ming = _ming_autoflush(conf)
     ming = uses_ming(conf)
+    # TG sets ming.autoflush (default true) when Ming is enabled: honour it as TG does.
+    flush_ming = ming and bool(conf.get('ming.autoflush', True))  # type: ignore[union-attr]
 
     def body() -> Any:
         try:
@@ -158,10 +160,11 @@ def end_job_sessions(conf: Mapping[str, Any] | None) -> None:
     thread starts clean: SQLAlchemy ``scoped_session.remove()``, Ming
     ``ThreadLocalODMSession.close_all()``. Never raises: a failure is logged."""
     odm_session = _thread_local_odm_session()
-    for session in _sessions(conf):
+    sessions = _sessions(conf)
+    for session in sessions:
         if isinstance(session, scoped_session):
             _logged(session.remove, 'removing the SQLAlchemy session')
-    if odm_session is not None and uses_ming(conf):
+    if odm_session is not None and _uses_ming(conf, odm_session, sessions):
         _logged(odm_session.close_all, 'closing the Ming sessions')
 
 

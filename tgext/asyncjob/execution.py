@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import types
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from tg.request_local import config as tg_config
 
 from . import database, timelimits
 from .context import enter_job, leave_job
@@ -24,13 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger('tgext.asyncjob')
 
 
+#: What a job's callable may return that is not its result (one isinstance per job).
+_NOT_A_RESULT = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
+
+
 def invoke(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     """Call a job's callable; a coroutine it returns (``async def``) is run to its end
     with :func:`asyncio.run` (worker threads have no event loop of their own)."""
     result = func(*args, **kwargs)
-    if inspect.iscoroutine(result):
-        return asyncio.run(result)
-    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+    if isinstance(result, _NOT_A_RESULT):
+        if inspect.iscoroutine(result):
+            return asyncio.run(result)
         raise TypeError('the job returned a generator, whose body would never run: '
                         'queue a function that does the work and returns its result')
     return result
@@ -115,7 +122,6 @@ class Runtime:
             except Exception:
                 log.exception('asyncjob %s: closing the sessions failed', job.id)
             if pushed:
-                from tg.request_local import config as tg_config
                 tg_config.pop_thread_config()
 
     @property
@@ -127,7 +133,6 @@ class Runtime:
         # tg.config inside a job is the job's own app, even with several apps per process.
         if self.conf is None:
             return False
-        from tg.request_local import config as tg_config
         tg_config.push_thread_config(self.conf)
         return True
 

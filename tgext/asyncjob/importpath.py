@@ -20,40 +20,42 @@ def callable_path(func: Callable[..., Any], backend: str) -> str:
     ``TypeError`` naming ``backend`` for lambdas, closures, ``__main__`` functions,
     bound methods of instances, partials and other callable objects.
     """
+    path, why = _path_or_refusal(func)
+    if path is None:
+        raise TypeError(f'the {backend} backend cannot queue {func!r}: {why}{THREADS_HINT}')
+    return path
+
+
+def importable_path(func: Callable[..., Any]) -> str | None:
+    """:func:`callable_path` of ``func``, or ``None`` when it has none (a lambda...)."""
+    # perform() names every callable for its record: no exception raised and caught,
+    # and no refusal (with a repr of the callable) built, for one that has no path.
+    return _path_or_refusal(func)[0]
+
+
+def _path_or_refusal(func: Callable[..., Any]) -> tuple[str | None, str]:
+    """``(module:qualname, '')`` if importing that name finds ``func`` again, else
+    ``(None, why not)``."""
     module = getattr(func, '__module__', None)
     qualname = getattr(func, '__qualname__', None)
-
-    def refused(reason: str) -> TypeError:
-        # Built only on refusal: perform() names every callable, and repr() is not free.
-        return TypeError(f'the {backend} backend cannot queue {func!r}: {reason}'
-                         f'{THREADS_HINT}')
-
     if not isinstance(module, str) or not isinstance(qualname, str):
-        raise refused('worker processes import the callable by name, and it has none; '
+        return None, ('worker processes import the callable by name, and it has none; '
                       'queue a module-level function instead')
     if '<lambda>' in qualname or '<locals>' in qualname:
         kind = 'a lambda' if '<lambda>' in qualname else 'a nested function or closure'
-        raise refused(f'it is {kind}, which cannot be imported by name by a worker '
+        return None, (f'it is {kind}, which cannot be imported by name by a worker '
                       f'process; queue a module-level function instead')
     if module == '__main__':
-        raise refused('it is defined in __main__, which cannot be imported by name by a '
+        return None, ('it is defined in __main__, which cannot be imported by name by a '
                       'worker process; move it to a module')
     target: Any = sys.modules.get(module)
     for part in qualname.split('.'):
         target = getattr(target, part, None)
     if target is not func and not (target is not None and target == func):
-        raise refused(f'{module}.{qualname} does not name it (a bound method of an '
+        return None, (f'{module}.{qualname} does not name it (a bound method of an '
                       f'instance, or a replaced attribute); queue a module-level function '
                       f'and pass the data it needs')
-    return f'{module}:{qualname}'
-
-
-def importable_path(func: Callable[..., Any]) -> str | None:
-    """:func:`callable_path` of ``func``, or ``None`` when it has none (a lambda...)."""
-    try:
-        return callable_path(func, 'this')
-    except TypeError:
-        return None
+    return f'{module}:{qualname}', ''
 
 
 def import_callable(path: str) -> Any:

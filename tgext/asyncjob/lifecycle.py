@@ -64,6 +64,7 @@ class Lifecycle:
         self._store_down = False
         self._store_lock = threading.Lock()
         self._changed = threading.Condition()
+        self._waiters = 0  # threads in wait_for_change(), counted under _changed
 
     # -- the jobs held by this process --------------------------------------------
 
@@ -100,8 +101,10 @@ class Lifecycle:
         # Stores that know from the job's state alone need no call (release_unique
         # absent); a job rebuilt without its options is released by its final record.
         key = getattr(job.options, 'unique_key', None)
+        if key is None:
+            return
         release = getattr(self.store, 'release_unique', None)
-        if key is not None and release is not None:
+        if release is not None:
             try:
                 self.guard(release, job.id, key)
             except Exception:
@@ -227,8 +230,12 @@ class Lifecycle:
         # After the lock: forget the job, let its unique key go, wake the waiters.
         self._held.pop(job.id, None)
         self._release_key(job)
-        with self._changed:
-            self._changed.notify_all()
+        # The condition only when someone waits: most jobs end with nobody waiting. A
+        # waiter that starts just after this check wakes at its timeout: every
+        # wait_for_change() caller polls, as it must for jobs of other processes.
+        if self._waiters:
+            with self._changed:
+                self._changed.notify_all()
 
     def _write_final(self, job: Job, fields: dict[str, Any]) -> None:
         try:
@@ -251,7 +258,11 @@ class Lifecycle:
     def wait_for_change(self, timeout: float) -> None:
         """Block until some held job finishes, or ``timeout`` seconds pass."""
         with self._changed:
-            self._changed.wait(timeout)
+            self._waiters += 1
+            try:
+                self._changed.wait(timeout)
+            finally:
+                self._waiters -= 1
 
     # -- store access shielded from outages -------------------------------------------
 
@@ -285,3 +296,4 @@ class Lifecycle:
         self._held = {}
         self._store_lock = threading.Lock()
         self._changed = threading.Condition()
+        self._waiters = 0

@@ -31,6 +31,7 @@ from ..job import Job
 from ..options import JobOptions
 from ..retry import policy_for
 from ..scheduler import Scheduler
+from ..timelimits import FLAG
 
 if TYPE_CHECKING:
     from ..execution import Runtime
@@ -48,6 +49,22 @@ OPTION_FLAGS: dict[str, str] = {
         ('time_limit', 'supports_time_limit'),
     ) if name in {f.name for f in dataclasses.fields(JobOptions)}
 }
+
+
+#: lacking_options() answers, by backend class.
+_LACKING: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def lacking_options(backend_type: type) -> tuple[tuple[str, str], ...]:
+    """``(option, flag)`` of :data:`OPTION_FLAGS` whose flag is false on
+    ``backend_type``: the options :meth:`Backend.validate` refuses. Worked out once per
+    class (the flags are class attributes)."""
+    lacking = _LACKING.get(backend_type)
+    if lacking is None:
+        lacking = _LACKING[backend_type] = tuple(
+            (option, flag) for option, flag in OPTION_FLAGS.items()
+            if not getattr(backend_type, flag))
+    return lacking
 
 
 class Backend:
@@ -82,6 +99,8 @@ class Backend:
     supports_unique = False
     supports_concurrency_limit = False
     supports_time_limit = False
+    #: How a job over its time limit is stopped (see :mod:`~tgext.asyncjob.timelimits`).
+    time_limit_mode = FLAG
 
     def __init__(self, runtime: Runtime, **options: Any):
         if options:
@@ -97,6 +116,8 @@ class Backend:
         honour what ``job`` asks for; subclasses add their own checks (and may raise
         ``TypeError`` for callables or arguments they cannot carry). Called by
         ``JobQueue.perform`` before the job is stored."""
+        # On every perform: each check looks at the job only where this backend lacks
+        # the capability, so a backend that has them all checks almost nothing.
         name = type(self).__name__
         options = job.options
         if job.eta is not None and not self.supports_delay:
@@ -107,14 +128,15 @@ class Backend:
         if not self.supports_retry and policy_for(job.retry, job.func) is not None:
             raise UnsupportedOption(f'{name} cannot retry jobs: drop the retry policy of '
                                     f'{job.func_name}')
-        for option, flag in OPTION_FLAGS.items():
-            if not getattr(self, flag) and getattr(options, option, None) is not None:
+        for option, flag in lacking_options(type(self)):
+            if getattr(options, option, None) is not None:
                 raise UnsupportedOption(f'{name} does not support {option}= ({flag} is False)')
-        store = self.runtime.store
-        if (getattr(options, 'unique_key', None) is not None
-                and not callable(getattr(store, 'track_unique', None))):
-            raise UnsupportedOption(f'the job store {type(store).__name__} cannot hold unique '
-                                    'keys (unique_key=): use the memory or Redis tracker')
+        if getattr(options, 'unique_key', None) is not None:
+            store = self.runtime.store
+            if not callable(getattr(store, 'track_unique', None)):
+                raise UnsupportedOption(f'the job store {type(store).__name__} cannot hold '
+                                        'unique keys (unique_key=): use the memory or Redis '
+                                        'tracker')
 
     def enqueue(self, job: Job) -> None:
         """Hand over a due job, to be run (through ``runtime.execute``) as soon as a

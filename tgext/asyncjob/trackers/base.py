@@ -161,11 +161,15 @@ def note_truncation(fields: dict[str, Any], cut: list[str], budget: int) -> None
         fields['detail'] = f'{fields["detail"]}; {note}' if fields.get('detail') else note
 
 
+_SCALARS = (str, int, float, bool)
+_CONTAINERS = (tuple, list, dict)
+
+
 def approx_size(obj: Any, limit: int) -> int:
     """Roughly the bytes ``obj`` holds (``sys.getsizeof`` over its containers and
     attributes), counted until past ``limit``: cost bounded by ``limit``, not ``obj``."""
-    if obj is None or type(obj) in (str, int, float, bool):
-        return sys.getsizeof(obj)  # the common case, without the walk below
+    if obj is None or type(obj) in _SCALARS or (type(obj) in _CONTAINERS and not obj):
+        return sys.getsizeof(obj)  # the common cases (no arguments...), without the walk
     total, seen, todo = 0, set(), [obj]
     while todo and total <= limit:
         item = todo.pop()

@@ -13,6 +13,12 @@ from .base import (FINISHED_STATES, RESULT_BUDGET, ProgressTracker, approx_size,
                    clip_text, count_states, note_truncation, page_of)
 
 
+#: The parts of a finished record its size is counted from; the call's arguments.
+_ARGUMENTS = ('args', 'kwargs')
+_SIZED_BUT_ARGUMENTS = ('result', 'error', 'data', 'detail')
+_SIZED = _SIZED_BUT_ARGUMENTS + _ARGUMENTS
+
+
 def _safe_repr(value: Any) -> str:
     try:
         return repr(value)
@@ -134,19 +140,27 @@ class MemoryProgressTracker(ProgressTracker):
             record = self._live.pop(entryid, None) or {}
             if 'data' in record:
                 record['data'] = self._clip(record['data'], 'progress data', cut)
-            self._drop_big_arguments(record)
             record.update(fields)
+            arguments_size = self._drop_big_arguments(record)
             note_truncation(record, cut, self.max_result_bytes)
-            self._keep_finished(entryid, record, now)
+            self._keep_finished(entryid, record, now, arguments_size)
 
-    def _drop_big_arguments(self, record: dict[str, Any]) -> None:
+    def _drop_big_arguments(self, record: dict[str, Any]) -> int:
+        """Drop the call's arguments from ``record`` if they hold more than the result
+        budget; return the bytes of those kept (0 if dropped)."""
         # Kept past the job's end for retries and the jobs page, but within the result
         # budget: a job's big input must not be held for the whole retention.
         budget = self.max_result_bytes
-        size = sum(approx_size(record.get(name), budget) for name in ('args', 'kwargs'))
+        size = 0
+        for name in _ARGUMENTS:
+            value = record.get(name)
+            if value is not None:
+                size += approx_size(value, budget)
         if size > budget:
             record.pop('args', None)
             record.pop('kwargs', None)
+            return 0
+        return size  # counted to the end: within the budget, the walk was not cut short
 
     def _clip(self, value: Any, what: str, cut: list[str]) -> Any:
         """``value``, or its (truncated) repr() if it holds more than the budget."""
@@ -157,11 +171,16 @@ class MemoryProgressTracker(ProgressTracker):
         cut.append(f'{what} kept as its repr()' + (f', truncated from {size} bytes' if size else ''))
         return text
 
-    def _keep_finished(self, entryid: str, record: dict[str, Any], now: float) -> None:
+    def _keep_finished(self, entryid: str, record: dict[str, Any], now: float,
+                       arguments_size: int | None = None) -> None:
         # Called with the lock held (or in a fresh child). Each part is within its
-        # budget by now, so sizing is cheap.
+        # budget by now, so sizing is cheap. ``arguments_size``: the bytes of args and
+        # kwargs, when the caller has just counted them (not counted twice per job).
         size = 0
-        for name in ('result', 'error', 'data', 'detail', 'args', 'kwargs'):
+        names: tuple[str, ...] = _SIZED
+        if arguments_size is not None:
+            size, names = arguments_size, _SIZED_BUT_ARGUMENTS
+        for name in names:
             value = record.get(name)
             if value is not None:
                 size += approx_size(value, self.max_bytes)
