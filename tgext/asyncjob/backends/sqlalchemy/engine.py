@@ -52,11 +52,8 @@ class Engines:
     def writing(self) -> Iterator[Connection]:
         """A connection whose every statement commits on its own (SQLite: one
         ``BEGIN IMMEDIATE`` transaction around the block)."""
-        if self.write_lock is not None:
-            with self.write_lock, self.write.begin() as conn:
-                yield conn
-        elif self.auto is self.write:
-            with self.write.begin() as conn:
+        if self.auto is self.write:
+            with self.transaction() as conn:
                 yield conn
         else:
             with self.auto.connect() as conn:
@@ -65,7 +62,7 @@ class Engines:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One transaction for several statements (SQLite: ``BEGIN IMMEDIATE``, one
-        writing thread at a time, as :meth:`writing`)."""
+        writing thread at a time)."""
         if self.write_lock is not None:
             with self.write_lock, self.write.begin() as conn:
                 yield conn

@@ -151,11 +151,12 @@ class Runner:
         if self._job_seconds < PREFETCH_BELOW:
             per_claim = self._claim_seconds / max(self._job_seconds, 1e-6)
             ahead = self.threads * min(max(math.ceil(per_claim), 1), MAX_AHEAD)
-        room = self.threads + ahead // 2  # claim again once half of those started
+        # Room to claim: a free thread or, claiming ahead, half of those ahead started.
+        full = self.threads + ahead // 2 + 1 if ahead else self.threads
         with self._idle:
-            if self._taken >= room + (1 if ahead else 0):
+            if self._taken >= full:
                 self._idle.wait(0.5)
-            if self._taken >= room + (1 if ahead else 0):
+            if self._taken >= full:
                 return 0
             return self.threads + ahead - self._taken
 

@@ -70,7 +70,6 @@ Index('ix_asyncjob_jobs_claim', jobs.c.state, jobs.c.queue, jobs.c.priority.desc
       jobs.c.run_at)
 
 
-
 def in_queues(queues: Sequence[str]) -> ColumnElement[bool]:
     """``queue IN (...)`` with one bound parameter per name, its value set: for
     statements built once per set of queues (an expanding ``IN`` would be rendered
