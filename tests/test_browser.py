@@ -376,19 +376,21 @@ def _row_state(driver, jobid):
 
 def _click_action(driver, jobid, action):
     """Click ``action``'s button in ``jobid``'s row and wait for the page it leads to."""
-    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element("css selector", "main")
+    # The old page is marked on its window object, which the new page does not have.
+    # (Waiting for an element of the old page to go stale asked Chrome about a node of
+    # a document being replaced: it sometimes answered "Node ... does not belong to
+    # the document", an error rather than staleness, and the test failed.) Scripts run
+    # while the documents change over may fail too: the wait asks again.
+    driver.execute_script("window.asyncjobOldPage = true")
     driver.find_element(
         "css selector", 'tr[data-job="%s"] button[data-action="%s"]' % (jobid, action)).click()
-    WebDriverWait(driver, PAGE_TIMEOUT).until(EC.staleness_of(old),
-                                              message="the %s did not reload the page" % action)
-    # The old page is gone once the new one commits, not once it has loaded: a find
-    # made meanwhile can get a node of a document that is still being replaced.
-    WebDriverWait(driver, PAGE_TIMEOUT).until(
-        lambda d: d.execute_script("return document.readyState") == "complete",
-        message="the page the %s led to did not finish loading" % action)
+    WebDriverWait(driver, PAGE_TIMEOUT, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return !window.asyncjobOldPage && document.readyState === 'complete'"),
+        message="the %s did not lead to a new, loaded page" % action)
 
 
 def _count(driver, state):
