@@ -20,6 +20,7 @@ from jobhelpers import Gate, wait_finished
 from sampleapp import model
 from sampleapp.controllers.root import db_session
 from services import wait_for
+from test_sqlalchemy_backend import mariadb_url  # noqa: F401 (fixture)
 
 JOB = '0123456789abcdef0123456789abcdef'
 
@@ -225,6 +226,65 @@ def test_jobs_survive_the_server_dropping_idle_pooled_connections(make_app, post
     assert states == ['succeeded'] * 20
     assert names(app) == [f'row {i:02}' for i in range(20)]
     assert any('closed before the job' in r.getMessage() for r in caplog.records)
+
+
+def _kill_postgresql(conn, dbapi_connection):
+    pid = dbapi_connection.info.backend_pid
+    assert conn.execute(text('SELECT pg_terminate_backend(:p)'), {'p': pid}).scalar()
+    wait_for(lambda: not conn.execute(text(
+        'SELECT count(*) FROM pg_stat_activity WHERE pid = :p'), {'p': pid}).scalar(),
+        message='backend still alive')
+
+
+def _kill_mariadb(conn, dbapi_connection):
+    conn.exec_driver_sql(f'KILL CONNECTION {dbapi_connection.thread_id()}')
+
+
+def flush_then_wait(name, gate):
+    """The job's one statement goes through; then it waits (while the test kills its
+    connection) and returns: the commit fails, and the job cannot know its outcome."""
+    session = db_session()
+    session.add(model.Row(name=name))
+    session.flush()
+    PIDS.append(session.connection().connection.dbapi_connection)
+    gate.job()
+
+
+@pytest.mark.parametrize('database', ['postgresql', 'mariadb'])
+def test_a_connection_lost_at_commit_is_not_run_again(make_app, request, database):
+    # A commit's error names no statement: then one statement tried (which went
+    # through) must not read as "nothing reached the database".
+    PIDS.clear()
+    url = request.getfixturevalue({'postgresql': 'postgres_db_url',
+                                   'mariadb': 'mariadb_url'}[database])
+    kill = {'postgresql': _kill_postgresql, 'mariadb': _kill_mariadb}[database]
+    app = make_app(url)
+    q = app.app_globals.asyncjob_queue
+    gate = Gate()
+    jobid = q.perform(flush_then_wait, ('lost at commit', gate))
+    gate.wait_entered()
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            kill(conn, PIDS[0])
+    finally:
+        admin.dispose()
+    gate.release()
+    status = wait_finished(q, jobid)
+    assert status.state.value == 'failed' and 'OperationalError' in status.error.type
+    assert len(PIDS) == 1  # run once
+    assert names(app) == []
+
+
+def test_no_connection_events_slow_down_the_applications_statements(make_app, sqlite_db_url):
+    # A connection event listener (anywhere on Engine) sends every statement of every
+    # engine, the requests' included, through SQLAlchemy's evented execution path;
+    # the library counts statements with the dialect's execute events instead.
+    app = make_app(sqlite_db_url)
+    engine = app.app_globals.sa_engine
+    with engine.connect() as conn:
+        conn.execute(text('SELECT 1'))
+        assert not conn._has_events and not engine._has_events  # SQLAlchemy's own switch
 
 
 def bump(name, barrier):
