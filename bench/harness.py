@@ -206,7 +206,7 @@ def redis_counts(a, sync, redis_cfg, m=200):
 
 
 # mode -> module with run(cfg) -> (metrics, checks)
-SUITES = {"request": "suite_request", "parts": "suite_parts", "cpu": "profile_perform", "db": "suite_db", "redis": "suite_redis",
+SUITES = {"request": "suite_request", "parts": "suite_parts", "cpu": "profile_perform", "sql": "suite_sql", "db": "suite_db", "redis": "suite_redis",
           "durable": "suite_durable"}
 
 

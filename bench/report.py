@@ -219,6 +219,9 @@ def render(results, facts, settings, cmd):
                                            for row in ("baseline", "current"))))
         w("")
 
+    if results.get("sql"):
+        _sql(w, results)
+
     # ------------------------------------------------------------------ database
     w("## End to end: jobs inserting one row through the app's DBSession\n")
     w("The bench app with SQLAlchemy and the transaction manager; a job is "
@@ -270,6 +273,29 @@ def render(results, facts, settings, cmd):
     if results.get("durable"):
         _durable(w, results, settings)
     return "\n".join(out) + "\n"
+
+
+def _sql(w, results):
+    w("## What loading the library costs the application's own SQL\n")
+    w("The bench app on a SQLite file, in a process where the row's library is started "
+      "(`floor`: none imported), no job running (bench/suite_sql.py): one `SELECT 1` on a "
+      "connection of the app's engine (min of 7 timeit loops), and a GET whose controller "
+      "runs one query through `DBSession` in TG's transaction (median). A connection "
+      "event listener on `Engine`, anywhere in the process, sends every statement through "
+      "SQLAlchemy's evented path. Rows run in separate processes, alternated; "
+      "µs, with the change against `floor`.\n")
+    w("| row | SELECT 1 µs | vs floor | request with one query µs | vs floor |")
+    w("|---|---|---|---|---|")
+    base = {m: _med(results, "sql", "floor", m) for m in ("statement_us", "request_us")}
+    for row in ("floor", "0.3.1", "baseline", "current"):
+        if not _runs(results, "sql", row):
+            continue
+        cells = []
+        for m in ("statement_us", "request_us"):
+            v = _med(results, "sql", row, m)
+            cells += [_fmt(v), "–" if row == "floor" or not base[m] else _pct(v / base[m] - 1)]
+        w("| %s | %s |" % (row, " | ".join(cells)))
+    w("")
 
 
 def _durable(w, results, settings):

@@ -171,6 +171,10 @@ def plan(args, redis_cfg):
         out.append(("parts", row + ":unpinned", row, dict(base, mode="parts", row=row, cpu=-1,
                                                           requests=args.requests // 3), 1))
         out.append(("cpu", row, row, dict(base, mode="cpu", row=row), 1))
+    for row in ("floor", "0.3.1", "baseline", "current"):
+        venv = row if row in VENVS else "current"
+        out.append(("sql", row, venv, dict(base, mode="sql", row=row,
+                                           sql_requests=args.requests * 2), args.rounds * 2))
     for db in ("sqlite", "pg"):
         for fsync in (True, False):
             for row in ("0.3.1", "baseline", "current"):
@@ -257,7 +261,7 @@ def main():
                     "of this venv measure, e.g. a throwaway merge holding the sqlalchemy backend")
     ap.add_argument("--pg-db", default="bench", help="PostgreSQL database (created if missing)")
     ap.add_argument("--cpu", type=int, default=0, help="CPU every benchmark process is pinned to")
-    ap.add_argument("--suites", nargs="*", help="request parts cpu db redis durable durable-rt")
+    ap.add_argument("--suites", nargs="*", help="request parts cpu sql db redis durable durable-rt")
     ap.add_argument("--quick", action="store_true", help="small counts, one round: a smoke run")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args()

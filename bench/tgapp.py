@@ -62,10 +62,12 @@ class Model:
         self.DBSession().add(self.Row(name=name))
 
 
-def build(variant, job, db_url=None, tracker=None, workers=1, **start_options):
+def build(variant, job, db_url=None, tracker=None, workers=1, extra_controllers=None,
+          **start_options):
     """A ``webtest.TestApp`` with ``/plain`` (answers, queues nothing) and ``/queue``
-    (the same answer after queueing ``job``).  Returns (testapp, perform, extras).
-    ``start_options`` go to ``start_async_worker`` (e.g. ``backend='sqlalchemy'``)."""
+    (the same answer after queueing ``job``), plus ``extra_controllers`` (name: exposed
+    method).  Returns (testapp, perform, extras).  ``start_options`` go to
+    ``start_async_worker`` (e.g. ``backend='sqlalchemy'``)."""
     import webtest
 
     holder = {}
@@ -79,6 +81,8 @@ def build(variant, job, db_url=None, tracker=None, workers=1, **start_options):
         def queue(self):
             return {"jobid": holder["perform"](job)}
 
+    for name, method in (extra_controllers or {}).items():
+        setattr(Root, name, method)
     cfg = MinimalApplicationConfigurator()
     # "package": an application's package, so that tgext.asyncjob takes this
     # configuration (DBSession, sqlalchemy.url) as the one its jobs run under.

@@ -33,6 +33,8 @@ def results(redis_url, tmp_path_factory):
         out.setdefault("request", {})[row] = [harness({"mode": "request", "row": row,
                                                        "requests": 10})]
     out["parts"] = {"current": [harness({"mode": "parts", "row": "current", "requests": 5})]}
+    out["sql"] = {row: [harness({"mode": "sql", "row": row, "sql_requests": 10})]
+                  for row in ("floor", "current")}
     out["db:sqlite"] = {"current": [harness({"mode": "db", "row": "current", "db": "sqlite",
                                              "db_jobs": 10, "pairs": 2})]}
     out["redis"] = {"current": [harness({"mode": "redis", "row": "current", "redis": redis_cfg,
@@ -46,6 +48,7 @@ def results(redis_url, tmp_path_factory):
 def test_every_suite_reports_its_figures(results):
     assert results["request"]["current"][0]["metrics"]["webtest_plain_us"] > 0
     assert "body_deferred_us" in results["parts"]["current"][0]["metrics"]
+    assert results["sql"]["current"][0]["metrics"]["statement_us"] > 0
     assert results["db:sqlite"]["current"][0]["checks"]["rows_checked"] > 0
     assert results["redis"]["current"][0]["metrics"]["rt_enqueue"] >= 1
     assert results["durable"]["threads-sqlite"][0]["metrics"]["jobs_s"] > 0
@@ -61,3 +64,4 @@ def test_report_renders_from_the_results(results):
                 "db_jobs": 10, "durable_jobs": 50, "latency_samples": 5}
     md = report.render(results, facts, settings, "bench/run.py")
     assert "## Issue 10: summary" in md and "threads" in md
+    assert "costs the application's own SQL" in md
