@@ -132,6 +132,7 @@ def test_tracker_calls_fail_fast_when_redis_refuses(redis_server):
 # -------------------------------------------------------- the database fails
 
 PIDS = []
+CONNECTIONS = []  # the DBAPI connections of jobs, for the test to kill
 CALLS = collections.Counter()
 
 
@@ -239,7 +240,7 @@ def flush_then_wait(name, gate):
     session = db_session()
     session.add(model.Row(name=name))
     session.flush()
-    PIDS.append(session.connection().connection.dbapi_connection)
+    CONNECTIONS.append(session.connection().connection.dbapi_connection)
     gate.job()
 
 
@@ -247,7 +248,7 @@ def flush_then_wait(name, gate):
 def test_a_connection_lost_at_commit_is_not_run_again(make_app, request, database):
     # A commit's error names no statement: then one statement tried (which went
     # through) must not read as "nothing reached the database".
-    PIDS.clear()
+    CONNECTIONS.clear()
     url = request.getfixturevalue({'postgresql': 'postgres_db_url',
                                    'mariadb': 'mariadb_url'}[database])
     kill = {'postgresql': _kill_postgresql, 'mariadb': _kill_mariadb}[database]
@@ -256,11 +257,11 @@ def test_a_connection_lost_at_commit_is_not_run_again(make_app, request, databas
     gate = Gate()
     jobid = q.perform(flush_then_wait, ('lost at commit', gate))
     gate.wait_entered()
-    kill(url, PIDS[0])
+    kill(url, CONNECTIONS[0])
     gate.release()
     status = wait_finished(q, jobid)
     assert status.state.value == 'failed' and 'OperationalError' in status.error.type
-    assert len(PIDS) == 1  # run once
+    assert len(CONNECTIONS) == 1  # run once
     assert names(app) == []
 
 
